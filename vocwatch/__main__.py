@@ -1,0 +1,3 @@
+from vocwatch.cli import entry
+
+entry()

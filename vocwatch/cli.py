@@ -1,0 +1,124 @@
+"""The ``vocwatch`` command line: run, upload, ledger, simulate, demo, check, status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vocwatch import __version__
+from vocwatch.config import EX_CONFIG, ConfigError, Settings, load_settings
+from vocwatch.logs import configure
+
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_NOPERM = 77
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vocwatch",
+        description="Deliver call recordings from a watched folder to Crescendo's Voice-of-Customer API.",
+    )
+    parser.add_argument("--version", action="version", version=f"vocwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--version", action="version", version=f"vocwatch {__version__}")
+        if config:
+            p.add_argument("--config", type=Path, metavar="PATH", help="TOML config file (default: $VOCWATCH_CONFIG)")
+        return p
+
+    command("run", "Run the daemon in the foreground until SIGTERM or SIGINT.")
+    up = command("upload", "Upload the given recordings or folders once (a backfill), then exit.")
+    up.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    up.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+
+    ledger = command("ledger", "Query the ledger of uploads.", config=False)
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    export = lsub.add_parser("export", help="Print every ledger row as JSON lines or CSV.")
+    export.add_argument("--config", type=Path, metavar="PATH")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    lst = lsub.add_parser("list", help="List ledger rows: a table on a terminal, JSON lines otherwise.")
+    lst.add_argument("--config", type=Path, metavar="PATH")
+    lst.add_argument("--state", help="only rows in this state (claimed, uploading, accepted, done, failed, ...)")
+    lst.add_argument("--since", metavar="DURATION", help="only rows changed within DURATION (e.g. 90s, 15m, 2h, 7d)")
+    lst.add_argument("--recording", metavar="ID", help="only this recording id")
+    lst.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    show = lsub.add_parser("show", help="Show one recording (by recording id or job id) with its history.")
+    show.add_argument("--config", type=Path, metavar="PATH")
+    show.add_argument("ident", metavar="ID")
+
+    sim = command("simulate", "Serve a Crescendo-compatible VOC API on loopback (for demos and tests).", config=False)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--tenant", default="tenant-alpha")
+    sim.add_argument("--api-key-file", type=Path, help="file holding the key the simulator accepts "
+                     "(default: $VOCWATCH_API_KEY, else 'sim-key')")
+    sim.add_argument("--complete-after", type=float, default=2.0, metavar="SECONDS",
+                     help="seconds before a job moves from started to completed")
+    sim.add_argument("--error-rate", type=float, default=0.0, help="share of uploads answered with --error-status")
+    sim.add_argument("--error-status", type=int, default=503)
+    sim.add_argument("--retry-after", help="Retry-After header sent with injected errors (seconds or HTTP date)")
+    sim.add_argument("--drop-rate", type=float, default=0.0, help="share of uploads whose connection is dropped")
+    sim.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay before each upload reply")
+    sim.add_argument("--unauthorized-for", type=float, default=0.0, metavar="SECONDS",
+                     help="answer 401 to everything for this long after start")
+    sim.add_argument("--job-fail-rate", type=float, default=0.0, help="share of jobs that end 'failed'")
+    sim.add_argument("--sink", action="store_true", help="accept every upload without parsing it (benchmarks)")
+    sim.add_argument("--seed", type=int, help="random seed for the injected faults")
+
+    demo = command("demo", "Show the whole job offline: simulator, inbox, daemon, summary.", config=False)
+    demo.add_argument("--dir", type=Path, help="where to put the demo's folders (default: a new temp folder)")
+
+    check = command("check", "Check the config, folders, ledger and key; --online also asks the API.")
+    check.add_argument("--online", action="store_true", help="also check /health and that the key is accepted")
+    check.add_argument("--reasons", action="store_true", help="explain every reason a recording lands in failed/")
+
+    status = command("status", "Print one job's status from the API.")
+    status.add_argument("job_id", metavar="JOB_ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from vocwatch import commands
+
+    handlers: dict[str, Handler] = {
+        "run": commands.run,
+        "upload": commands.upload,
+        "ledger": commands.ledger,
+        "simulate": commands.simulate,
+        "demo": commands.demo,
+        "check": commands.check,
+        "status": commands.status,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"vocwatch: config error: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    configure(settings.log.level, settings.log.format, redact=settings.log.redact)
+    return settings
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    entry()

@@ -1,0 +1,214 @@
+"""The Crescendo VOC API at the network edge: one request per call, each reply classified.
+
+No retry loop lives here; callers decide what an outcome means. The API key is read per request
+from a provider (so a rotated key works without a restart) and only ever sent as a header.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import h11
+import httpx
+from pydantic import SecretStr
+
+from vocwatch.model import Accepted, AuthProblem, Outcome, Rejected, Retry
+
+KeyProvider = Callable[[], SecretStr | None]
+RETRYABLE = frozenset({408, 425, 429})
+# Bigger chunks than httpx's 64 KiB default cut per-chunk interpreter overhead on large files.
+UPLOAD_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: str
+    status: str
+    finished_ms: int | None
+    error: str | None
+    raw: Mapping[str, Any]
+
+
+StatusOutcome = JobStatus | Rejected | Retry | AuthProblem
+
+
+class _Upload:
+    """Adapts an open file to httpx's multipart streaming, with larger read chunks."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fh.read(UPLOAD_CHUNK if size and 0 < size < UPLOAD_CHUNK else size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+
+def build_http(
+    *,
+    workers: int,
+    connect_timeout: float,
+    read_timeout: float,
+    verify: bool | str = True,
+    trust_env: bool = False,
+    proxy: str | None = None,
+) -> httpx.Client:
+    """One connection pool shared by all workers; TLS verified; no redirects followed."""
+    return httpx.Client(
+        timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
+        limits=httpx.Limits(max_connections=workers + 2, max_keepalive_connections=workers + 2),
+        verify=verify,
+        trust_env=trust_env,
+        proxy=proxy,
+        follow_redirects=False,
+        headers={"User-Agent": "vocwatch"},
+    )
+
+
+class CrescendoClient:
+    def __init__(self, *, http: httpx.Client, base_url: str, tenant_id: str, key: KeyProvider) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._tenant = tenant_id
+        self._key = key
+
+    @property
+    def upload_url(self) -> str:
+        return f"{self._base}/api/v1/voc/tenants/{self._tenant}/recording"
+
+    def _auth(self) -> dict[str, str] | AuthProblem:
+        key = self._key()
+        if key is None or not key.get_secret_value():
+            return AuthProblem(0, "no API key found")
+        return {"Authorization": f"Bearer {key.get_secret_value()}"}
+
+    def upload(
+        self,
+        audio: IO[bytes],
+        *,
+        filename: str,
+        content_type: str,
+        metadata: str,
+        idempotency_key: str,
+    ) -> Outcome:
+        """POST one recording, streamed from the open file; the reply as an Outcome value."""
+        headers = self._auth()
+        if isinstance(headers, AuthProblem):
+            return headers
+        headers["Idempotency-Key"] = idempotency_key
+        audio.seek(0)
+        try:
+            response = self._http.post(
+                self.upload_url,
+                headers=headers,
+                data={"metadata": metadata},
+                files={"audio": (filename, _Upload(audio), content_type)},  # type: ignore[dict-item]
+            )
+        except (httpx.HTTPError, h11.LocalProtocolError) as exc:
+            return Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return classify_upload(response)
+
+    def job_status(self, job_id: str) -> StatusOutcome:
+        headers = self._auth()
+        if isinstance(headers, AuthProblem):
+            return headers
+        try:
+            response = self._http.get(f"{self.upload_url}/{job_id}/status", headers=headers)
+        except httpx.HTTPError as exc:
+            return Retry(f"{type(exc).__name__}: {exc}")
+        if response.status_code == 200:
+            body = _json(response)
+            status = body.get("status")
+            if isinstance(status, str):
+                finished = body.get("finished")
+                error = body.get("error")
+                return JobStatus(
+                    job_id,
+                    status,
+                    finished if isinstance(finished, int) else None,
+                    error if isinstance(error, str) else None,
+                    body,
+                )
+            return Retry(f"status reply without a status field: {response.text[:200]}")
+        outcome = classify_upload(response)
+        if isinstance(outcome, AuthProblem) and response.status_code == 404:
+            return Rejected(404, *_error_fields(response))  # an unknown job, not a wrong tenant
+        assert not isinstance(outcome, Accepted)
+        return outcome  # type: ignore[return-value]
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            response = self._http.get(f"{self._base}/health")
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        ok = response.status_code == 200 and _json(response).get("status") == "ok"
+        return ok, f"HTTP {response.status_code} {response.text[:100]}"
+
+
+def classify_upload(response: httpx.Response) -> Outcome:
+    """Map a reply to an Outcome: the table in the design notes, in one place."""
+    status = response.status_code
+    if status in (200, 201, 202):
+        job = _json(response).get("id")
+        if isinstance(job, str) and job:
+            return Accepted(job)
+        return Retry(f"HTTP {status} without a job id: {response.text[:200]}")
+    code, message = _error_fields(response)
+    if status in (401, 403):
+        return AuthProblem(status, f"{code}: {message}")
+    if status == 404:
+        return AuthProblem(status, f"{code}: {message} (is api.tenant_id or api.base_url wrong?)")
+    if 300 <= status < 400:
+        where = response.headers.get("location", "?")
+        return AuthProblem(status, f"redirected to {where}; set api.base_url to the final address")
+    if status in RETRYABLE or status >= 500:
+        return Retry(f"HTTP {status} {message}", retry_after(response.headers.get("retry-after")))
+    return Rejected(status, code, message)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        value = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    body = _json(response)
+    code = body.get("code")
+    message = body.get("message")
+    return (
+        code if isinstance(code, str) else f"HTTP{response.status_code}",
+        message if isinstance(message, str) else (response.text[:500] or response.reason_phrase),
+    )
+
+
+def metadata_json(metadata: Mapping[str, Any]) -> str:
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,269 @@
+"""Settings: a TOML file plus ``VOCWATCH_<SECTION>__<KEY>`` environment overrides.
+
+The key names are a public contract (operators' configs depend on them): add keys, never rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*~", "*.swp")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiSettings(_Section):
+    base_url: AnyHttpUrl = AnyHttpUrl("https://platform.crescendo.ai")
+    tenant_id: str = Field(default="tenant-alpha", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    api_key_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    read_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Off by default: a daemon must not pick up a proxy from whatever environment it was started in.
+    trust_env: bool = False
+    proxy: str | None = None
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+
+
+class FoldersSettings(_Section):
+    inbox: Path = Path("/var/spool/vocwatch/inbox")
+    done: Path = Path("/var/spool/vocwatch/done")
+    failed: Path = Path("/var/spool/vocwatch/failed")
+    work: Path | None = None  # default: <inbox's parent>/work
+    uploaded: Path | None = None  # default: <inbox's parent>/uploaded
+    done_after: Literal["accepted", "completed"] = "accepted"
+    instance: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+
+    @property
+    def work_root(self) -> Path:
+        return self.work if self.work is not None else self.inbox.parent / "work"
+
+    @property
+    def uploaded_root(self) -> Path:
+        return self.uploaded if self.uploaded is not None else self.inbox.parent / "uploaded"
+
+
+class LedgerSettings(_Section):
+    path: Path = Path("/var/lib/vocwatch/ledger.sqlite3")
+
+
+class UploadSettings(_Section):
+    workers: int = Field(default=4, ge=1, le=64)
+    queue_size: int | None = Field(default=None, ge=1)  # default: 2 x workers
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    give_up_after_seconds: float | None = Field(default=None, gt=0)
+    on_conflict: Literal["fail", "upload"] = "fail"
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    auth_probe_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def queue_capacity(self) -> int:
+        return self.queue_size if self.queue_size is not None else 2 * self.workers
+
+
+class WatchSettings(_Section):
+    settle_seconds: float = Field(default=2.0, ge=0)
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    rescan_seconds: float = Field(default=60.0, gt=0)
+    recursive: bool = True
+    require_sidecar: bool = True
+    pair_timeout_seconds: float = Field(default=600.0, gt=0)
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+
+
+class MetadataSettings(_Section):
+    defaults: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class StatusSettings(_Section):
+    poll: bool = True
+    poll_initial_seconds: float = Field(default=5.0, gt=0)
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+    poll_factor: float = Field(default=2.0, ge=1)
+
+
+class MetricsSettings(_Section):
+    listen: str | None = Field(default=None, pattern=r"^[^:\s]*:\d{1,5}$")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    redact: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Every setting; built only by :func:`load_settings` and passed down, never global."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOCWATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    api: ApiSettings = ApiSettings()
+    folders: FoldersSettings = FoldersSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    upload: UploadSettings = UploadSettings()
+    watch: WatchSettings = WatchSettings()
+    metadata: MetadataSettings = MetadataSettings()
+    status: StatusSettings = StatusSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def instance(self) -> str:
+        """This daemon's work sub-folder: host name plus a short hash of the ledger path."""
+        if self.folders.instance:
+            return self.folders.instance
+        digest = hashlib.sha256(str(self.ledger.path.absolute()).encode()).hexdigest()[:8]
+        host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())
+        return f"{host or 'host'}-{digest}"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (or ``$VOCWATCH_CONFIG``), apply env overrides; raise ConfigError per bad key."""
+    if path is None and os.environ.get("VOCWATCH_CONFIG"):
+        path = Path(os.environ["VOCWATCH_CONFIG"])
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError([f"{path}: config file not found (give --config PATH or VOCWATCH_CONFIG)"])
+        try:
+            import tomllib
+
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    toml_path = path
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
+            if toml_path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+            return tuple(sources)
+
+    try:
+        loaded = _Loaded(**overrides)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, toml_path) for err in exc.errors()]) from exc
+    return loaded
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """``VOCWATCH_SECTION__KEY`` variables only, so VOCWATCH_CONFIG and VOCWATCH_API_KEY are not keys."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in os.environ.items():
+            if not name.upper().startswith("VOCWATCH_") or "__" not in name:
+                continue
+            section, _, key = name[len("VOCWATCH_") :].lower().partition("__")
+            parsed: Any = value
+            if value[:1] in "[{":
+                import json
+
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    parsed = value
+            out.setdefault(section, {})[key] = parsed
+        return out
+
+
+def _describe(err: Any, toml_path: Path | None) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    where = f"{toml_path}: " if toml_path else ""
+    env = "VOCWATCH_" + "__".join(str(p) for p in err["loc"][:2]).upper()
+    if err["type"] == "extra_forbidden":
+        return f"{where}{key}: unknown key (check its spelling against config.example.toml, or unset {env})"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{where}{key}: {err['msg']}{shown}; set it in the file or with {env}"
+
+
+def resolve_api_key(settings: Settings) -> SecretStr | None:
+    """The key from VOCWATCH_API_KEY, CRESCENDO_API_KEY, systemd's credential or api_key_file.
+
+    Read anew on each call, so a rotated key file needs no restart.
+    """
+    for var in ("VOCWATCH_API_KEY", "CRESCENDO_API_KEY"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return SecretStr(value)
+    candidates: list[Path] = []
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "api-key")
+    if settings.api.api_key_file is not None:
+        candidates.append(settings.api.api_key_file)
+    for candidate in candidates:
+        try:
+            value = candidate.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if value:
+            return SecretStr(value)
+    return None
+
+
+def api_key_sources(settings: Settings) -> str:
+    """Where a key is looked for, for error messages (never the key itself)."""
+    places = ["VOCWATCH_API_KEY", "CRESCENDO_API_KEY"]
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        places.append("$CREDENTIALS_DIRECTORY/api-key")
+    if settings.api.api_key_file is not None:
+        places.append(f"api.api_key_file ({settings.api.api_key_file})")
+    return ", ".join(places)

@@ -1,0 +1,255 @@
+"""The composition root: the only place that builds real objects from Settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from vocwatch.client import CrescendoClient, build_http
+from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_key
+from vocwatch.folders import Folders
+from vocwatch.gate import Gate
+from vocwatch.ledger import Ledger
+from vocwatch.logs import SCRUB
+from vocwatch.model import Clock, SystemClock
+from vocwatch.notify import Notifier, NullNotifier, watchdog_interval
+from vocwatch.pairing import Rules
+from vocwatch.pipeline import Pipeline, PipelineOptions
+from vocwatch.planner import Planner, ScanOptions
+from vocwatch.poller import StatusPoller
+from vocwatch.pool import Pool
+from vocwatch.stats import Stats
+from vocwatch.watcher import Watcher
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    clock: Clock
+    folders: Folders
+    ledger: Ledger
+    client: CrescendoClient
+    gate: Gate
+    pipeline: Pipeline
+    pool: Pool
+    stats: Stats
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def check_layout(settings: Settings) -> None:
+    """Refuse folder layouts that would loop or make moves non-atomic (ConfigError, exit 78)."""
+    f = settings.folders
+    named = {
+        "folders.inbox": f.inbox,
+        "folders.done": f.done,
+        "folders.failed": f.failed,
+        "folders.work": f.work_root,
+        "folders.uploaded": f.uploaded_root,
+    }
+    problems = []
+    inbox = f.inbox.resolve()
+    for key, path in named.items():
+        if key != "folders.inbox" and (path.resolve() == inbox or inbox in path.resolve().parents):
+            problems.append(f"{key}: {path} is inside the inbox {f.inbox}; put it beside the inbox instead")
+    devices: dict[int, list[str]] = {}
+    for key, path in named.items():
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        devices.setdefault(probe.stat().st_dev, []).append(key)
+    if len(devices) > 1:
+        groups = "; ".join(", ".join(keys) for keys in devices.values())
+        problems.append(
+            f"folders: inbox, work, done, failed and uploaded must share one filesystem so that moves "
+            f"are atomic renames, but they span {len(devices)} ({groups}); put them under one parent folder"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def build(settings: Settings, clock: Clock | None = None, *, stats: Stats | None = None) -> Parts:
+    clock = clock or SystemClock()
+    stats = stats or Stats()
+    f = settings.folders
+    folders = Folders(
+        inbox=f.inbox,
+        work=f.work_root / settings.instance,
+        done=f.done,
+        failed=f.failed,
+        uploaded=f.uploaded_root,
+    )
+    ledger = Ledger(settings.ledger.path, clock)
+
+    def key() -> Any:
+        secret = resolve_api_key(settings)
+        if secret is not None:
+            SCRUB.add(secret.get_secret_value())
+        return secret
+
+    api = settings.api
+    verify: bool | str = str(api.ca_bundle) if api.ca_bundle else api.verify_tls
+    http = build_http(
+        workers=settings.upload.workers,
+        connect_timeout=api.connect_timeout_seconds,
+        read_timeout=api.read_timeout_seconds,
+        verify=verify,
+        trust_env=api.trust_env,
+        proxy=api.proxy,
+    )
+    client = CrescendoClient(http=http, base_url=str(api.base_url), tenant_id=api.tenant_id, key=key)
+    up = settings.upload
+    gate = Gate(
+        clock,
+        initial_backoff=up.initial_backoff_seconds,
+        max_backoff=up.max_backoff_seconds,
+        auth_probe=up.auth_probe_seconds,
+    )
+    options = PipelineOptions(
+        max_bytes=up.max_bytes,
+        defaults=settings.metadata.defaults,
+        on_conflict=up.on_conflict,
+        done_stage="uploaded" if f.done_after == "completed" else "done",
+        poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
+    )
+    pipeline = Pipeline(folders=folders, client=client, ledger=ledger, clock=clock, options=options, recorder=stats)
+    pool = Pool(
+        pipeline,
+        gate,
+        workers=up.workers,
+        capacity=up.queue_capacity,
+        clock=clock,
+        give_up_after_s=up.give_up_after_seconds,
+    )
+    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats)
+
+
+def require_key(settings: Settings) -> None:
+    if resolve_api_key(settings) is None:
+        raise ConfigError([f"api key: none found; looked in {api_key_sources(settings)}. "
+                           "Put the key in one of them (never in the config file itself)."])
+
+
+class Daemon:
+    """``vocwatch run``: recover, scan, watch, upload, until asked to stop."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+        check_layout(settings)
+        require_key(settings)
+        self.settings = settings
+        self.parts = build(settings, clock)
+        self.notifier = notifier or NullNotifier()
+        self.stop_requested = threading.Event()
+        self.log = structlog.get_logger("vocwatch.daemon")
+        p = self.parts
+        watch = settings.watch
+        # The pool wakes the planner when a slot frees, so a backlog drains without polling.
+        self.planner = Planner(
+            folders=p.folders,
+            pool=p.pool,
+            clock=p.clock,
+            options=ScanOptions(
+                rules=Rules(watch.settle_seconds, watch.pair_timeout_seconds, watch.require_sidecar),
+                ignore=watch.ignore,
+                recursive=watch.recursive,
+                rescan_s=watch.rescan_seconds,
+            ),
+        )
+        p.pool.on_idle = self.planner.hint
+        st = settings.status
+        self.poller = StatusPoller(
+            ledger=p.ledger,
+            client=p.client,
+            clock=p.clock,
+            folders=p.folders,
+            initial_s=st.poll_initial_seconds,
+            max_s=st.poll_max_seconds,
+            factor=st.poll_factor,
+            move_on_completion=settings.folders.done_after == "completed",
+        )
+        self.watcher = Watcher(
+            settings.folders.inbox,
+            self.planner.hint,
+            mode=watch.mode,
+            recursive=watch.recursive,
+            poll_interval_s=watch.poll_interval_seconds,
+        )
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        p = self.parts
+        p.folders.ensure()
+        self.recover_ledger()
+        p.pool.start()
+        watching = self.watcher.start()
+        planner = threading.Thread(target=self.planner.run, name="planner", daemon=True)
+        planner.start()
+        poller = threading.Thread(target=self.poller.run, name="status-poller", daemon=True)
+        if self.settings.status.poll:
+            poller.start()
+        self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
+        self.log.info("daemon.ready", inbox=str(self.settings.folders.inbox), workers=self.settings.upload.workers,
+                      instance=self.settings.instance, watching=watching, version=_version())
+        tick = min(1.0, watchdog_interval() or 1.0)
+        while not self.stop_requested.wait(tick):
+            healthy = self.watcher.heal() and planner.is_alive()
+            if healthy and p.clock.monotonic() - self.planner.last_progress < 30:
+                self.notifier.notify("WATCHDOG=1\nSTATUS=" + self.status_line())
+            else:
+                self.notifier.notify("STATUS=unhealthy: " + self.status_line())
+        return self.shutdown(planner, poller)
+
+    def shutdown(self, planner: threading.Thread, poller: threading.Thread) -> int:
+        grace = self.settings.upload.shutdown_grace_seconds
+        self.notifier.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((grace + 10) * 1e6)}")
+        self.log.info("daemon.stopping", in_flight=self.parts.pool.busy, grace_s=grace)
+        self.watcher.stop()
+        self.planner.stop()
+        planner.join(timeout=10)
+        self.poller.stop()
+        abandoned = self.parts.pool.stop(grace)
+        if poller.is_alive():
+            poller.join(timeout=10)
+        if abandoned:
+            self.log.warning("daemon.abandoned", uploads=abandoned,
+                             note="left in work/ as 'uploading'; sent again at the next start")
+        self.parts.close()
+        self.log.info("daemon.stopped", **self.parts.stats.snapshot())
+        return 0
+
+    def recover_ledger(self) -> None:
+        """Rows whose job id was committed but whose move was not: finish them without uploading."""
+        ledger = self.parts.ledger
+        for row in ledger.rows(state="accepted"):
+            work_copy = self.parts.folders.work / row.file
+            if row.destination and Path(row.destination).exists() and not os.path.lexists(work_copy):
+                ledger.transition(row.id, "done", event="recovered", destination=row.destination)
+
+    def status_line(self) -> str:
+        p = self.parts
+        counts = p.stats.snapshot()
+        gate = p.gate.state()
+        state = "auth paused" if gate.auth_paused else ("backing off" if gate.open else "ok")
+        return (
+            f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
+            f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"
+        )
+
+
+def _version() -> str:
+    from vocwatch import __version__
+
+    return __version__

@@ -1,0 +1,253 @@
+"""The spool folders: claim a pair into work/, then move it to done/, uploaded/ or failed/.
+
+Every move is a rename (or link + unlink, which never overwrites), followed by an fsync of the
+directories, so a crash leaves each file in exactly one place and a name is never overwritten.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from vocwatch.model import Pair
+from vocwatch.pairing import classify
+
+Stage = Literal["done", "failed", "uploaded"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A pair renamed into this daemon's work folder; ``origin`` is where it came from."""
+
+    pair: Pair
+    root: Path
+    origin: Path
+
+    @property
+    def audio(self) -> Path:
+        return self.root / self.pair.audio
+
+    @property
+    def sidecar(self) -> Path | None:
+        return self.root / self.pair.sidecar if self.pair.sidecar is not None else None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.audio, self.sidecar) if p is not None]
+
+
+class Folders:
+    """Owns every rename between inbox, work, done, uploaded and failed."""
+
+    def __init__(self, *, inbox: Path, work: Path, done: Path, failed: Path, uploaded: Path) -> None:
+        self.inbox = inbox
+        self.work = work
+        self.stages: dict[Stage, Path] = {"done": done, "failed": failed, "uploaded": uploaded}
+
+    def ensure(self) -> None:
+        for folder in (self.inbox, self.work, *self.stages.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, pair: Pair, origin: Path | None = None) -> Claimed | None:
+        """Rename the pair from ``origin`` (the inbox) into work/; None if another took it first."""
+        origin = origin or self.inbox
+        claimed = Claimed(pair, self.work, origin)
+        sources = [origin / pair.audio] + ([origin / pair.sidecar] if pair.sidecar else [])
+        if any(os.path.lexists(target) for target in claimed.paths()):
+            return None  # an earlier pair of the same name is still in flight; take this one later
+        moved: list[tuple[Path, Path]] = []
+        for src, dst in zip(sources, claimed.paths(), strict=True):
+            try:
+                _rename(src, dst)
+            except FileNotFoundError:
+                for back_src, back_dst in reversed(moved):
+                    _rename(back_dst, back_src)
+                return None
+            moved.append((src, dst))
+        _fsync_dirs({s.parent for s in sources} | {d.parent for d in claimed.paths()})
+        return claimed
+
+    def release(self, claimed: Claimed) -> None:
+        """Put a claimed pair back where it came from, to be taken again later."""
+        for path in claimed.paths():
+            dst = claimed.origin / path.relative_to(claimed.root)
+            if os.path.lexists(path):
+                _move_no_clobber(path, _free_name(dst))
+        _fsync_dirs({p.parent for p in claimed.paths()} | {claimed.origin})
+
+    def plan_destination(self, claimed: Claimed, stage: Stage) -> Path:
+        """Where the recording will land in ``stage``: its relative path, suffixed if taken."""
+        target = self.stages[stage] / claimed.pair.audio
+        for n in range(0, 10_000):
+            names = _pair_names(target, claimed.pair, n)
+            if not any(os.path.lexists(p) for p in names.values()):
+                return names["audio"]
+        raise FileExistsError(f"{target}: 10000 names taken; clean up {self.stages[stage]}")
+
+    def finish(
+        self,
+        claimed: Claimed,
+        stage: Stage,
+        destination: Path | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Move the pair (and write its error file, if any) into ``stage``; return the audio's path."""
+        destination = destination or self.plan_destination(claimed, stage)
+        n = _suffix_of(destination, claimed.pair.audio)
+        names = _pair_names(self.stages[stage] / claimed.pair.audio, claimed.pair, n)
+        names["audio"].parent.mkdir(parents=True, exist_ok=True)
+        if error is not None:
+            _write_atomic(names["error"], json.dumps(error, indent=2, ensure_ascii=False) + "\n")
+        _move_no_clobber(claimed.audio, names["audio"])
+        if claimed.sidecar is not None:
+            _move_no_clobber(claimed.sidecar, names["sidecar"])
+        _fsync_dirs({names["audio"].parent, claimed.audio.parent})
+        return names["audio"]
+
+    def fail_in_place(self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any]) -> None:
+        """Move files that never formed a pair straight from ``origin`` to failed/, with the reason."""
+        failed = self.stages["failed"]
+        first = failed / files[0]
+        for n in range(0, 10_000):
+            targets = [_with_suffix_n(failed / f, n) for f in files]
+            err = _with_suffix_n(first, n)
+            err = err.with_name(err.name + ".error.json")
+            if not any(os.path.lexists(p) for p in [*targets, err]):
+                break
+        err.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(err, json.dumps(error, indent=2, ensure_ascii=False) + "\n")
+        for rel, target in zip(files, targets, strict=True):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(origin / rel):
+                _move_no_clobber(origin / rel, target)
+        _fsync_dirs({t.parent for t in targets} | {(origin / f).parent for f in files})
+
+    def claims_in_work(self) -> Iterator[Claimed]:
+        """Pairs left in work/ (by a crash or a stopped upload); lone halves go back to the inbox."""
+        groups: dict[tuple[str, str], list[PurePosixPath]] = {}
+        for dirpath, _dirs, files in os.walk(self.work):
+            for name in files:
+                rel = PurePosixPath(Path(dirpath, name).relative_to(self.work).as_posix())
+                groups.setdefault((str(rel.parent), classify(name)[1]), []).append(rel)
+        for members in groups.values():
+            audio = [m for m in members if classify(m.name)[0] != "sidecar"]
+            sidecars = [m for m in members if classify(m.name)[0] == "sidecar"]
+            if len(audio) == 1 and len(sidecars) <= 1:
+                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox)
+            else:
+                for rel in members:
+                    _move_no_clobber(self.work / rel, _free_name(self.inbox / rel))
+
+
+def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:
+    audio = _with_suffix_n(target, n)
+    names = {"audio": audio, "error": audio.with_name(audio.name + ".error.json")}
+    if pair.sidecar is not None:
+        sidecar_name = pair.sidecar.name
+        stem = PurePosixPath(pair.audio.name).stem
+        tail = sidecar_name[len(stem) :] if sidecar_name.startswith(stem) else "." + sidecar_name
+        names["sidecar"] = audio.with_name(PurePosixPath(audio.name).stem + tail)
+    return names
+
+
+def _with_suffix_n(path: Path, n: int) -> Path:
+    """``call.wav`` -> ``call.wav`` (n=0), ``call~1.wav`` (n=1): the collision-safe names."""
+    if n == 0:
+        return path
+    return path.with_name(f"{path.stem}~{n}{path.suffix}")
+
+
+def _suffix_of(destination: Path, rel: PurePosixPath) -> int:
+    if destination.name == rel.name:
+        return 0
+    return int(destination.stem.rsplit("~", 1)[1])
+
+
+def _free_name(path: Path) -> Path:
+    n = 0
+    while os.path.lexists(_with_suffix_n(path, n)):
+        n += 1
+    return _with_suffix_n(path, n)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _move_no_clobber(src, dst)
+
+
+def _move_no_clobber(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, never replacing an existing ``dst`` (FileExistsError instead).
+
+    A hard link then unlink is atomic and refuses to overwrite; across filesystems the copy is
+    fsynced before the source is deleted, so a crash or a full disk leaves at least one copy.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        if os.path.lexists(src) and os.path.samestat(os.lstat(src), os.lstat(dst)):
+            os.unlink(src)  # a crash fell between link and unlink last time
+            return
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            _copy_then_unlink(src, dst)
+            return
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES):
+            raise
+        # A filesystem without hard links (some SMB/FAT mounts): check, then rename.
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from exc
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _copy_then_unlink(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.vocwatch-copy")
+    if src.is_symlink():
+        os.symlink(os.readlink(src), tmp)
+    else:
+        shutil.copy2(src, tmp, follow_symlinks=False)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    try:
+        os.link(tmp, dst, follow_symlinks=False)
+    finally:
+        os.unlink(tmp)
+    _fsync_dirs({dst.parent})
+    os.unlink(src)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dirs(dirs: set[Path]) -> None:
+    """Make renames durable: a rename is on disk only once its directories are synced."""
+    for folder in dirs:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # some network filesystems refuse fsync on a directory
+        finally:
+            os.close(fd)

@@ -1,0 +1,282 @@
+"""The ledger: one SQLite row per recording, and the state machine that orders every step.
+
+Order is the guarantee: intent is committed before the request, the job id before the files
+move, and each commit is on disk (WAL, synchronous=FULL) before the next step starts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vocwatch.model import Clock
+
+# claimed -> uploading -> accepted -> done; any of the first three -> failed;
+# claimed/uploading -> released (put back in the inbox, to be taken again).
+STATES = ("claimed", "uploading", "accepted", "done", "failed", "duplicate", "released")
+OPEN_STATES = ("claimed", "uploading", "released")
+UPLOADED_STATES = ("accepted", "done")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    id INTEGER PRIMARY KEY,
+    recording_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    job_id TEXT,
+    job_status TEXT,
+    job_finished_at REAL,
+    job_error TEXT,
+    next_poll_at REAL,
+    poll_interval REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    duplicate_of TEXT,
+    destination TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_key ON recordings (recording_id, sha256);
+CREATE INDEX IF NOT EXISTS recordings_state ON recordings (state);
+CREATE INDEX IF NOT EXISTS recordings_job ON recordings (job_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    row_id INTEGER NOT NULL REFERENCES recordings (id),
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_row ON events (row_id);
+"""
+
+COLUMNS = (
+    "id recording_id sha256 file size state job_id job_status job_finished_at job_error "
+    "next_poll_at poll_interval attempts last_error duplicate_of destination created_at updated_at"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    recording_id: str
+    sha256: str
+    file: str
+    size: int
+    state: str
+    job_id: str | None
+    job_status: str | None
+    job_finished_at: float | None
+    job_error: str | None
+    next_poll_at: float | None
+    poll_interval: float | None
+    attempts: int
+    last_error: str | None
+    duplicate_of: str | None
+    destination: str | None
+    created_at: float
+    updated_at: float
+
+    def export(self) -> dict[str, Any]:
+        """The public row shape of ``vocwatch ledger export`` and ``ledger list --json``."""
+        return {
+            "recording_id": self.recording_id,
+            "file": self.file,
+            "size": self.size,
+            "sha256": self.sha256,
+            "state": self.state,
+            "job_id": self.job_id or self.duplicate_of,
+            "job_status": self.job_status,
+            "job_finished_at": self.job_finished_at,
+            "job_error": self.job_error,
+            "attempts": self.attempts,
+            "error": self.last_error,
+            "duplicate_of": self.duplicate_of,
+            "destination": self.destination,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class Ledger:
+    """Thread-safe: one connection, one lock; every method is one committed transaction."""
+
+    def __init__(self, path: Path, clock: Clock, *, readonly: bool = False) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before we rename files on the strength of it.
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, row_id: int) -> Row | None:
+        rows = self._select("WHERE id = ?", (row_id,))
+        return rows[0] if rows else None
+
+    def find(self, recording_id: str, sha256: str | None = None) -> list[Row]:
+        if sha256 is None:
+            return self._select("WHERE recording_id = ? ORDER BY id", (recording_id,))
+        return self._select("WHERE recording_id = ? AND sha256 = ? ORDER BY id", (recording_id, sha256))
+
+    def lookup(self, ident: str) -> list[Row]:
+        """Rows whose recording id or job id is ``ident``."""
+        return self._select("WHERE recording_id = ? OR job_id = ? ORDER BY id", (ident, ident))
+
+    def rows(
+        self, *, state: str | None = None, since: float | None = None, recording_id: str | None = None
+    ) -> list[Row]:
+        clauses, args = [], []
+        for clause, value in (("state = ?", state), ("updated_at >= ?", since), ("recording_id = ?", recording_id)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._select(f"{where} ORDER BY id", tuple(args))
+
+    def iter_all(self) -> Iterator[Row]:
+        yield from self._select("ORDER BY id", ())
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            cur = self._db.execute("SELECT state, COUNT(*) FROM recordings GROUP BY state")
+            return {state: n for state, n in cur.fetchall()}
+
+    def events(self, row_id: int) -> list[tuple[float, str, str | None]]:
+        with self._lock:
+            cur = self._db.execute("SELECT at, event, detail FROM events WHERE row_id = ? ORDER BY id", (row_id,))
+            return [(float(a), str(e), d) for a, e, d in cur.fetchall()]
+
+    def due_polls(self, now: float, limit: int = 100) -> list[Row]:
+        return self._select(
+            "WHERE job_id IS NOT NULL AND state IN ('accepted', 'done') "
+            "AND (job_status IS NULL OR job_status = 'started') AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?",
+            (now, limit),
+        )
+
+    def next_poll_at(self) -> float | None:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT MIN(next_poll_at) FROM recordings WHERE job_id IS NOT NULL "
+                "AND state IN ('accepted', 'done') AND (job_status IS NULL OR job_status = 'started')"
+            )
+            value = cur.fetchone()[0]
+        return float(value) if value is not None else None
+
+    def _select(self, tail: str, args: tuple[Any, ...]) -> list[Row]:
+        with self._lock:
+            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM recordings {tail}", args)
+            return [Row(*values) for values in cur.fetchall()]
+
+    # -- writes: each is one transaction, committed before it returns ---------------------
+
+    def open_row(self, recording_id: str, sha256: str, file: str, size: int) -> Row:
+        """The open row for this recording and content, created in state ``claimed`` if none."""
+        now = self._clock.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            found = self._db.execute(
+                f"SELECT id FROM recordings WHERE recording_id = ? AND sha256 = ? AND state IN "
+                f"({', '.join('?' * len(OPEN_STATES))}) ORDER BY id DESC LIMIT 1",
+                (recording_id, sha256, *OPEN_STATES),
+            ).fetchone()
+            if found:
+                row_id = int(found[0])
+                self._db.execute(
+                    "UPDATE recordings SET state = 'claimed', file = ?, updated_at = ? WHERE id = ?",
+                    (file, now, row_id),
+                )
+            else:
+                cur = self._db.execute(
+                    "INSERT INTO recordings (recording_id, sha256, file, size, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'claimed', ?, ?)",
+                    (recording_id, sha256, file, size, now, now),
+                )
+                row_id = int(cur.lastrowid or 0)
+            self._event(row_id, now, "claimed", file)
+        row = self.get(row_id)
+        assert row is not None
+        return row
+
+    def record_terminal(
+        self, recording_id: str, sha256: str, file: str, size: int, state: str, **fields: Any
+    ) -> int:
+        """A row that is born terminal (a duplicate, or a failure before the content was known)."""
+        now = self._clock.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.execute(
+                "INSERT INTO recordings (recording_id, sha256, file, size, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (recording_id, sha256, file, size, state, now, now),
+            )
+            row_id = int(cur.lastrowid or 0)
+            self._set(row_id, now, fields)
+            self._event(row_id, now, state, fields.get("last_error") or fields.get("duplicate_of"))
+        return row_id
+
+    def transition(self, row_id: int, state: str, event: str | None = None, **fields: Any) -> None:
+        """Move a row to ``state`` and set ``fields``, in one durable commit."""
+        assert state in STATES, state
+        now = self._clock.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._set(row_id, now, {**fields, "state": state})
+            detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")
+            self._event(row_id, now, event or state, None if detail is None else str(detail))
+
+    def begin_attempt(self, row_id: int) -> None:
+        """Record the intent to upload: from here the request may be on the wire."""
+        now = self._clock.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (now, row_id),
+            )
+            self._event(row_id, now, "uploading", None)
+
+    def update_job(self, row_id: int, **fields: Any) -> None:
+        now = self._clock.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._set(row_id, now, fields)
+            if "job_status" in fields:
+                self._event(row_id, now, f"job.{fields['job_status']}", fields.get("job_error"))
+
+    def _set(self, row_id: int, now: float, fields: dict[str, Any]) -> None:
+        unknown = set(fields) - set(COLUMNS)
+        assert not unknown, unknown
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        sep = ", " if assignments else ""
+        self._db.execute(
+            f"UPDATE recordings SET {assignments}{sep}updated_at = ? WHERE id = ?",
+            (*fields.values(), now, row_id),
+        )
+
+    def _event(self, row_id: int, now: float, event: str, detail: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)", (row_id, now, event, detail)
+        )

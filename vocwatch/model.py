@@ -1,0 +1,83 @@
+"""Values that cross module and thread boundaries, and the Protocols of the side channels."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Wall time for records, monotonic time for waiting."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A recording and its sidecar, as paths relative to the folder they sit in."""
+
+    audio: PurePosixPath
+    sidecar: PurePosixPath | None
+
+
+# Outcomes of one upload attempt, returned by the client (it never loops or raises for a reply).
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The server refused the recording itself; sending it again cannot help."""
+
+    status: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A transient failure; ``after`` is the server's Retry-After in seconds, if it gave one."""
+
+    reason: str
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProblem:
+    """The configuration (key, tenant, URL) is wrong, not the recording: pause everything."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled:
+    """The file changed while it was read or sent; it must settle again."""
+
+    reason: str
+
+
+Outcome = Accepted | Rejected | Retry | AuthProblem | Unsettled
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a recording can never be uploaded: a stable code (see reasons.py) and a message."""
+
+    code: str
+    message: str

@@ -1,0 +1,124 @@
+"""The status poller: follows every accepted job until ``completed`` or ``failed``, at growing intervals."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import structlog
+
+from vocwatch.client import JobStatus, StatusOutcome
+from vocwatch.folders import Claimed, Folders
+from vocwatch.ledger import Ledger, Row
+from vocwatch.model import Clock, Pair, Problem, Rejected
+from vocwatch.pipeline import error_document
+
+
+class StatusSource(Protocol):
+    def job_status(self, job_id: str) -> StatusOutcome: ...
+
+
+class StatusPoller:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        client: StatusSource,
+        clock: Clock,
+        folders: Folders,
+        initial_s: float,
+        max_s: float,
+        factor: float,
+        move_on_completion: bool,
+        log: Any = None,
+    ) -> None:
+        self._ledger = ledger
+        self._client = client
+        self._clock = clock
+        self._folders = folders
+        self._initial = initial_s
+        self._max = max_s
+        self._factor = factor
+        self._move = move_on_completion
+        self._log = log or structlog.get_logger("vocwatch.poller")
+        self._stop = threading.Event()
+        self.last_progress = clock.monotonic()
+        self.remote: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_due()
+            self.last_progress = self._clock.monotonic()
+            upcoming = self._ledger.next_poll_at()
+            wait = 1.0 if upcoming is None else min(1.0, max(0.05, upcoming - self._clock.time()))
+            self._stop.wait(wait)
+
+    def poll_due(self) -> int:
+        """Ask about every job whose next poll is due; return how many were asked."""
+        rows = self._ledger.due_polls(self._clock.time())
+        for row in rows:
+            if self._stop.is_set():
+                break
+            self._poll(row)
+        return len(rows)
+
+    def _poll(self, row: Row) -> None:
+        assert row.job_id is not None
+        log = self._log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
+        outcome = self._client.job_status(row.job_id)
+        interval = min(self._max, (row.poll_interval or self._initial) * self._factor)
+        if isinstance(outcome, JobStatus):
+            self.remote[outcome.status] = self.remote.get(outcome.status, 0) + 1
+            finished = outcome.finished_ms / 1000 if outcome.finished_ms is not None else None
+            final = outcome.status in ("completed", "failed")
+            self._ledger.update_job(
+                row.id,
+                job_status=outcome.status,
+                job_finished_at=finished,
+                job_error=outcome.error,
+                next_poll_at=None if final else self._clock.time() + interval,
+                poll_interval=interval,
+            )
+            if outcome.status == "failed":
+                log.warning("job.failed", error=outcome.error)
+            elif outcome.status == "completed":
+                log.info("job.completed")
+            if final and self._move:
+                self._settle_files(row, outcome, log)
+            return
+        if isinstance(outcome, Rejected):
+            # The API no longer knows the job: stop asking, keep the record.
+            self._ledger.update_job(row.id, job_error=f"status: HTTP {outcome.status} {outcome.message}",
+                                    next_poll_at=None)
+            log.warning("job.unknown", status=outcome.status, message=outcome.message)
+            return
+        self._ledger.update_job(row.id, next_poll_at=self._clock.time() + interval, poll_interval=interval)
+
+    def _settle_files(self, row: Row, status: JobStatus, log: Any) -> None:
+        """With done_after = "completed": move the pair from uploaded/ to done/ or failed/."""
+        if not row.destination:
+            return
+        audio = Path(row.destination)
+        root = self._folders.stages["uploaded"]
+        try:
+            rel = PurePosixPath(audio.relative_to(root).as_posix())
+        except ValueError:
+            return  # not in uploaded/ (already moved, or moved by hand)
+        sidecar = next(
+            (c for c in (audio.with_suffix(".json"), audio.with_name(audio.name + ".json")) if c.exists()), None
+        )
+        side_rel = PurePosixPath(sidecar.relative_to(root).as_posix()) if sidecar else None
+        claimed = Claimed(Pair(rel, side_rel), root, root)
+        if status.status == "completed":
+            dest = self._folders.finish(claimed, "done")
+            self._ledger.update_job(row.id, destination=str(dest))
+            return
+        problem = Problem("job_failed", f"Crescendo's job {row.job_id} failed: {status.error or 'no reason given'}")
+        error = error_document(audio.name, side_rel, row.recording_id, problem, self._clock, job_id=row.job_id)
+        dest = self._folders.finish(claimed, "failed", error=error)
+        self._ledger.update_job(row.id, destination=str(dest))
+        log.warning("files.job_failed", destination=str(dest))

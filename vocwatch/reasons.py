@@ -1,0 +1,29 @@
+"""Every reason a recording can land in failed/, as written in ``NAME.error.json``'s ``reason``."""
+
+from __future__ import annotations
+
+REASONS: dict[str, str] = {
+    "unsupported_format": "The recording is not .mp3 or .wav. Convert it, or keep it out of the inbox.",
+    "content_mismatch": "The bytes do not match the extension (no RIFF/WAVE header for .wav, no ID3 tag "
+    "or MPEG frame sync for .mp3). Check the recorder's export format.",
+    "empty_file": "The recording has zero bytes. The recorder failed to write it; export it again.",
+    "too_large": "The recording exceeds upload.max_bytes (the API takes at most 25 MiB). Split or "
+    "re-encode it (e.g. mp3 at a lower bit rate).",
+    "not_regular_file": "A symlink, FIFO, socket or device was named like a recording or sidecar. "
+    "vocwatch never follows links; copy the real file into the inbox.",
+    "unreadable": "The file could not be read (permissions or I/O error). Check ownership and the disk.",
+    "sidecar_not_json": "The sidecar is not valid UTF-8 JSON. Fix the JSON and drop the pair again.",
+    "sidecar_not_object": "The sidecar's JSON is not an object ({...}).",
+    "sidecar_too_large": "The sidecar exceeds 64 KiB. Trim the metadata.",
+    "missing_id": "The sidecar has no string \"id\". Add the recording's id.",
+    "invalid_id": "The id must be 1-255 letters, digits, '.', '-' or '_' (not '.' or '..').",
+    "missing_sidecar": "The recording's sidecar never arrived within watch.pair_timeout_seconds.",
+    "missing_recording": "The sidecar's recording never arrived within watch.pair_timeout_seconds.",
+    "ambiguous_sidecar": "One NAME.json could belong to several recordings; name it NAME.mp3.json or "
+    "NAME.wav.json.",
+    "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
+    "new recording its own id, or set upload.on_conflict = \"upload\".",
+    "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
+    "gave_up": "Transient errors lasted longer than upload.give_up_after_seconds.",
+    "job_failed": "Crescendo accepted the upload but its processing job failed; see the error.",
+}

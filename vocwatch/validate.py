@@ -1,0 +1,122 @@
+"""Checks of a recording and its sidecar before upload; each failure is a Problem with a reason code."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vocwatch.model import Problem
+
+MAX_SIDECAR_BYTES = 64 * 1024
+HEAD_BYTES = 12
+_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")
+CONTENT_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav"}
+
+
+def check_recording_id(value: object) -> Problem | None:
+    if not isinstance(value, str):
+        return Problem("missing_id", 'the sidecar needs a string "id" (the recording\'s id)')
+    if not _ID.fullmatch(value) or value in {".", ".."}:
+        return Problem(
+            "invalid_id",
+            f"id {value[:80]!r} must be 1-255 letters, digits, '.', '-' or '_', and not '.' or '..'",
+        )
+    return None
+
+
+def parse_sidecar(raw: bytes) -> dict[str, Any] | Problem:
+    """The sidecar's JSON object, or the Problem with it. A UTF-8 BOM is tolerated."""
+    if len(raw) > MAX_SIDECAR_BYTES:
+        return Problem("sidecar_too_large", f"sidecar is {len(raw)} bytes; at most 65536 are allowed")
+    try:
+        text = raw.decode("utf-8-sig")
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Problem("sidecar_not_json", f"sidecar is not valid UTF-8 JSON: {exc}")
+    if not isinstance(value, dict):
+        return Problem("sidecar_not_object", f"sidecar holds a JSON {type(value).__name__}, not an object")
+    problem = check_recording_id(value.get("id"))
+    return problem if problem is not None else value
+
+
+def build_metadata(
+    sidecar: Mapping[str, Any] | None, stem: str, defaults: Mapping[str, Any]
+) -> dict[str, Any] | Problem:
+    """The metadata to send: config defaults under the sidecar's own keys, or ``{"id": stem}``."""
+    own = dict(sidecar) if sidecar is not None else {"id": stem}
+    problem = check_recording_id(own.get("id"))
+    if problem is not None:
+        return problem
+    return {**defaults, **own}
+
+
+def check_audio(name: str, size: int, head: bytes, max_bytes: int) -> Problem | None:
+    """Extension, size and magic bytes of a recording."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in CONTENT_TYPES:
+        return Problem("unsupported_format", f"{name}: only .mp3 and .wav recordings are accepted")
+    if size == 0:
+        return Problem("empty_file", f"{name} is empty (0 bytes)")
+    if size > max_bytes:
+        return Problem("too_large", f"{name} is {size} bytes; the limit (upload.max_bytes) is {max_bytes}")
+    if suffix == ".wav" and not (head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE"):
+        return Problem("content_mismatch", f"{name} has no RIFF/WAVE header; it is not a WAV file")
+    if suffix == ".mp3" and not (head[:3] == b"ID3" or _is_mpeg_sync(head)):
+        return Problem("content_mismatch", f"{name} has no ID3 tag or MPEG frame sync; it is not an MP3")
+    return None
+
+
+def _is_mpeg_sync(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0
+
+
+def open_regular(path: Path) -> int | Problem:
+    """Open ``path`` for reading without following a link; refuse anything but a regular file.
+
+    The check is made on the opened descriptor, so a file swapped after a stat is still caught.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            return Problem("not_regular_file", f"{path.name} is a symbolic link; links are never followed")
+        return Problem("unreadable", f"{path.name} could not be opened: {exc.strerror}")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        return Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _describe_mode(mode: int) -> str:
+    for test, label in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return label
+    return "not a regular file"
+
+
+def read_small(fd: int, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes, enough to tell that a file is over ``limit``."""
+    chunks: list[bytes] = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
