@@ -84,6 +84,9 @@ class CrescendoClient:
         self._tenant = tenant_id
         self._key = key
 
+    def close(self) -> None:
+        self._http.close()
+
     @property
     def upload_url(self) -> str:
         return f"{self._base}/api/v1/voc/tenants/{self._tenant}/recording"

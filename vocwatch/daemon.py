@@ -41,6 +41,7 @@ class Parts:
     stats: Stats
 
     def close(self) -> None:
+        self.client.close()
         self.ledger.close()
 
 

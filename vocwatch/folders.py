@@ -115,8 +115,7 @@ class Folders:
         first = failed / files[0]
         for n in range(0, 10_000):
             targets = [_with_suffix_n(failed / f, n) for f in files]
-            err = _with_suffix_n(first, n)
-            err = err.with_name(err.name + ".error.json")
+            err = _error_name(_with_suffix_n(first, n))
             if not any(os.path.lexists(p) for p in [*targets, err]):
                 break
         err.parent.mkdir(parents=True, exist_ok=True)
@@ -146,13 +145,18 @@ class Folders:
 
 def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:
     audio = _with_suffix_n(target, n)
-    names = {"audio": audio, "error": audio.with_name(audio.name + ".error.json")}
+    names = {"audio": audio, "error": _error_name(audio)}
     if pair.sidecar is not None:
         sidecar_name = pair.sidecar.name
         stem = PurePosixPath(pair.audio.name).stem
         tail = sidecar_name[len(stem) :] if sidecar_name.startswith(stem) else "." + sidecar_name
         names["sidecar"] = audio.with_name(PurePosixPath(audio.name).stem + tail)
     return names
+
+
+def _error_name(audio: Path) -> Path:
+    """``call.wav`` -> ``call.error.json``, beside it in failed/."""
+    return audio.with_name(PurePosixPath(audio.name).stem + ".error.json")
 
 
 def _with_suffix_n(path: Path, n: int) -> Path:
