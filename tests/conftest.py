@@ -20,7 +20,7 @@ from vocwatch.daemon import Daemon
 from vocwatch.ledger import Ledger, Row
 from vocwatch.model import SystemClock
 from vocwatch.samples import write_mp3, write_sidecar, write_wav
-from vocwatch.simulator import Simulator, SimState
+from vocwatch.simulator import SimState, Simulator
 
 TENANT = "tenant-test"
 
@@ -110,8 +110,13 @@ def make_settings(spool: Spool, sim: Simulator, tmp_path: Path) -> Callable[...,
             "api": {"base_url": sim.url, "tenant_id": TENANT},
             "folders": {"inbox": spool.inbox, "done": spool.done, "failed": spool.failed},
             "ledger": {"path": spool.ledger_path},
-            "upload": {"workers": 2, "initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.5,
-                       "auth_probe_seconds": 0.3, "shutdown_grace_seconds": 5},
+            "upload": {
+                "workers": 2,
+                "initial_backoff_seconds": 0.05,
+                "max_backoff_seconds": 0.5,
+                "auth_probe_seconds": 0.3,
+                "shutdown_grace_seconds": 5,
+            },
             "watch": {"settle_seconds": 0.2, "rescan_seconds": 5},
             "status": {"poll_initial_seconds": 0.2, "poll_max_seconds": 0.5},
         }

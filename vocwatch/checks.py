@@ -55,11 +55,17 @@ def _ledger(settings: Settings) -> tuple[bool, str]:
 
 def _client(settings: Settings) -> CrescendoClient:
     api = settings.api
-    http = build_http(workers=1, connect_timeout=api.connect_timeout_seconds, read_timeout=30,
-                      verify=str(api.ca_bundle) if api.ca_bundle else api.verify_tls,
-                      trust_env=api.trust_env, proxy=api.proxy)
-    return CrescendoClient(http=http, base_url=str(api.base_url), tenant_id=api.tenant_id,
-                           key=lambda: resolve_api_key(settings))
+    http = build_http(
+        workers=1,
+        connect_timeout=api.connect_timeout_seconds,
+        read_timeout=30,
+        verify=str(api.ca_bundle) if api.ca_bundle else api.verify_tls,
+        trust_env=api.trust_env,
+        proxy=api.proxy,
+    )
+    return CrescendoClient(
+        http=http, base_url=str(api.base_url), tenant_id=api.tenant_id, key=lambda: resolve_api_key(settings)
+    )
 
 
 def _key_accepted(settings: Settings) -> tuple[bool, str]:
@@ -79,15 +85,24 @@ def run_checks(args: argparse.Namespace) -> int:
         return 0
     settings = settings_from(args)
     f = settings.folders
-    checks: list[Check] = [("config", lambda: (True, f"{args.config or os.environ.get('VOCWATCH_CONFIG', 'defaults')}"))]
+    checks: list[Check] = [
+        ("config", lambda: (True, f"{args.config or os.environ.get('VOCWATCH_CONFIG', 'defaults')}"))
+    ]
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
         checks.append((f"folders.{name}", lambda p=path: _writable(p)))  # type: ignore[misc]
     checks.append(("same filesystem", lambda: _layout(settings)))
     checks.append(("ledger", lambda: _ledger(settings)))
-    checks.append(("api key", lambda: (resolve_api_key(settings) is not None,
-                                       f"present (looked in {api_key_sources(settings)})"
-                                       if resolve_api_key(settings) else
-                                       f"missing: put it in one of {api_key_sources(settings)}")))
+    checks.append(
+        (
+            "api key",
+            lambda: (
+                resolve_api_key(settings) is not None,
+                f"present (looked in {api_key_sources(settings)})"
+                if resolve_api_key(settings)
+                else f"missing: put it in one of {api_key_sources(settings)}",
+            ),
+        )
+    )
     if args.online:
         checks.append(("api health", lambda: _client(settings).health()))
         checks.append(("api key accepted", lambda: _key_accepted(settings)))

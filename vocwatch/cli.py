@@ -59,17 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
     sim.add_argument("--tenant", default="tenant-alpha")
-    sim.add_argument("--api-key-file", type=Path, help="file holding the key the simulator accepts "
-                     "(default: $VOCWATCH_API_KEY, else 'sim-key')")
-    sim.add_argument("--complete-after", type=float, default=2.0, metavar="SECONDS",
-                     help="seconds before a job moves from started to completed")
+    sim.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the key the simulator accepts (default: $VOCWATCH_API_KEY, else 'sim-key')",
+    )
+    sim.add_argument(
+        "--complete-after",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds before a job moves from started to completed",
+    )
     sim.add_argument("--error-rate", type=float, default=0.0, help="share of uploads answered with --error-status")
     sim.add_argument("--error-status", type=int, default=503)
     sim.add_argument("--retry-after", help="Retry-After header sent with injected errors (seconds or HTTP date)")
     sim.add_argument("--drop-rate", type=float, default=0.0, help="share of uploads whose connection is dropped")
     sim.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay before each upload reply")
-    sim.add_argument("--unauthorized-for", type=float, default=0.0, metavar="SECONDS",
-                     help="answer 401 to everything for this long after start")
+    sim.add_argument(
+        "--unauthorized-for",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer 401 to everything for this long after start",
+    )
     sim.add_argument("--job-fail-rate", type=float, default=0.0, help="share of jobs that end 'failed'")
     sim.add_argument("--sink", action="store_true", help="accept every upload without parsing it (benchmarks)")
     sim.add_argument("--seed", type=int, help="random seed for the injected faults")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -95,8 +96,11 @@ def upload(args: argparse.Namespace) -> int:
     bad = total - good
     print(f"vocwatch upload: {good} uploaded, {bad} not ({len(missing)} missing paths)", file=sys.stderr)
     if auth_stop:
-        print("vocwatch: the API refused the key (401/403/404): check the API key, api.tenant_id and "
-              "api.base_url; unsent recordings were put back", file=sys.stderr)
+        print(
+            "vocwatch: the API refused the key (401/403/404): check the API key, api.tenant_id and "
+            "api.base_url; unsent recordings were put back",
+            file=sys.stderr,
+        )
         return EX_NOPERM
     return 0 if bad == 0 and not missing else 1
 
@@ -150,8 +154,10 @@ def ledger(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     path = settings.ledger.path
     if not path.exists():
-        print(f"vocwatch: no ledger at {path} (ledger.path); nothing has been uploaded with this config yet",
-              file=sys.stderr)
+        print(
+            f"vocwatch: no ledger at {path} (ledger.path); nothing has been uploaded with this config yet",
+            file=sys.stderr,
+        )
         return EX_NOINPUT
     book = Ledger(path, SystemClock())
     try:
@@ -163,7 +169,7 @@ def ledger(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from vocwatch.simulator import Faults, Simulator, SimState
+    from vocwatch.simulator import Faults, SimState, Simulator
 
     if args.api_key_file:
         key = args.api_key_file.read_text().strip()
@@ -177,16 +183,20 @@ def simulate(args: argparse.Namespace) -> int:
         latency_s=args.latency,
         job_fail_rate=args.job_fail_rate,
     )
-    state = SimState(api_key=key, tenant=args.tenant, complete_after_s=args.complete_after, faults=faults,
-                     sink=args.sink, seed=args.seed)
+    state = SimState(
+        api_key=key,
+        tenant=args.tenant,
+        complete_after_s=args.complete_after,
+        faults=faults,
+        sink=args.sink,
+        seed=args.seed,
+    )
     if args.unauthorized_for:
         state.unauthorized_for(args.unauthorized_for)
     sim = Simulator(state, args.host, args.port)
     print(json.dumps({"event": "simulate.listening", "url": sim.url, "tenant": args.tenant}), flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         sim.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -134,8 +134,12 @@ def build(settings: Settings, clock: Clock | None = None, *, stats: Stats | None
 
 def require_key(settings: Settings) -> None:
     if resolve_api_key(settings) is None:
-        raise ConfigError([f"api key: none found; looked in {api_key_sources(settings)}. "
-                           "Put the key in one of them (never in the config file itself)."])
+        raise ConfigError(
+            [
+                f"api key: none found; looked in {api_key_sources(settings)}. "
+                "Put the key in one of them (never in the config file itself)."
+            ]
+        )
 
 
 class Daemon:
@@ -202,8 +206,14 @@ class Daemon:
         if self.settings.status.poll:
             poller.start()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
-        self.log.info("daemon.ready", inbox=str(self.settings.folders.inbox), workers=self.settings.upload.workers,
-                      instance=self.settings.instance, watching=watching, version=_version())
+        self.log.info(
+            "daemon.ready",
+            inbox=str(self.settings.folders.inbox),
+            workers=self.settings.upload.workers,
+            instance=self.settings.instance,
+            watching=watching,
+            version=_version(),
+        )
         tick = min(1.0, watchdog_interval() or 1.0)
         while not self.stop_requested.wait(tick):
             healthy = self.watcher.heal() and planner.is_alive()
@@ -225,8 +235,9 @@ class Daemon:
         if poller.is_alive():
             poller.join(timeout=10)
         if abandoned:
-            self.log.warning("daemon.abandoned", uploads=abandoned,
-                             note="left in work/ as 'uploading'; sent again at the next start")
+            self.log.warning(
+                "daemon.abandoned", uploads=abandoned, note="left in work/ as 'uploading'; sent again at the next start"
+            )
         self.parts.close()
         self.log.info("daemon.stopped", **self.parts.stats.snapshot())
         return 0

@@ -16,7 +16,7 @@ from vocwatch.ledger import Ledger
 from vocwatch.logs import configure
 from vocwatch.model import SystemClock
 from vocwatch.samples import write_mp3, write_sidecar, write_wav
-from vocwatch.simulator import Simulator, SimState
+from vocwatch.simulator import SimState, Simulator
 
 TENANT = "tenant-demo"
 
@@ -82,12 +82,16 @@ def run_demo(where: Path | None) -> int:
     print(f"\n{'RECORDING':<22} {'STATE':<8} {'JOB':<16} {'JOB STATUS':<11} WHERE", file=sys.stderr)
     for r in rows:
         where_now = os.path.relpath(r.destination, root) if r.destination else "-"
-        print(f"{r.recording_id:<22} {r.state:<8} {r.job_id or '-':<16} {r.job_status or '-':<11} {where_now}",
-              file=sys.stderr)
+        print(
+            f"{r.recording_id:<22} {r.state:<8} {r.job_id or '-':<16} {r.job_status or '-':<11} {where_now}",
+            file=sys.stderr,
+        )
     done = sum(r.state == "done" for r in rows)
     failed = [r for r in rows if r.state == "failed"]
-    print(f"\n{done} delivered, {len(failed)} refused with a reason (see {spool / 'failed'}/*.error.json)",
-          file=sys.stderr)
+    print(
+        f"\n{done} delivered, {len(failed)} refused with a reason (see {spool / 'failed'}/*.error.json)",
+        file=sys.stderr,
+    )
     ok = done == expected - 1 and len(failed) == 1 and failed[0].last_error is not None
     if not ok:
         print("vocwatch demo: FAILED: not every recording reached its expected place", file=sys.stderr)

@@ -16,7 +16,7 @@ from vocwatch.model import AuthProblem, Clock, Outcome, Retry, Unsettled
 
 def full_jitter(failures: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
     """AWS's 'full jitter': uniform in [0, min(cap, initial * 2**(failures-1))]."""
-    return rand() * min(cap, initial * (2 ** max(0, failures - 1)))
+    return rand() * min(cap, initial * 2.0 ** max(0, failures - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +81,10 @@ class Gate:
                 return newly
             elif isinstance(outcome, Retry):
                 self._failures += 1
-                delay = outcome.after if outcome.after is not None else full_jitter(
-                    self._failures, self._initial, self._cap, self._rand
+                delay = (
+                    outcome.after
+                    if outcome.after is not None
+                    else full_jitter(self._failures, self._initial, self._cap, self._rand)
                 )
                 self._open_until = max(self._open_until or now, now + min(delay, self._cap))
             else:  # Accepted or Rejected: the server is answering for real

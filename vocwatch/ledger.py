@@ -55,10 +55,26 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_row ON events (row_id);
 """
 
-COLUMNS = (
-    "id recording_id sha256 file size state job_id job_status job_finished_at job_error "
-    "next_poll_at poll_interval attempts last_error duplicate_of destination created_at updated_at"
-).split()
+COLUMNS = [
+    "id",
+    "recording_id",
+    "sha256",
+    "file",
+    "size",
+    "state",
+    "job_id",
+    "job_status",
+    "job_finished_at",
+    "job_error",
+    "next_poll_at",
+    "poll_interval",
+    "attempts",
+    "last_error",
+    "duplicate_of",
+    "destination",
+    "created_at",
+    "updated_at",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +236,7 @@ class Ledger:
         assert row is not None
         return row
 
-    def record_terminal(
-        self, recording_id: str, sha256: str, file: str, size: int, state: str, **fields: Any
-    ) -> int:
+    def record_terminal(self, recording_id: str, sha256: str, file: str, size: int, state: str, **fields: Any) -> int:
         """A row that is born terminal (a duplicate, or a failure before the content was known)."""
         now = self._clock.time()
         with self._lock, self._db:

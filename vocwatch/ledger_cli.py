@@ -66,8 +66,15 @@ def _when(ts: float | None) -> str:
 def table(out: IO[str], rows: list[Row]) -> None:
     head = ("RECORDING", "STATE", "JOB", "JOB STATUS", "ATTEMPTS", "UPDATED (UTC)", "FILE")
     cells = [
-        (r.recording_id, r.state, r.job_id or r.duplicate_of or "-", r.job_status or "-", str(r.attempts),
-         _when(r.updated_at), r.file)
+        (
+            r.recording_id,
+            r.state,
+            r.job_id or r.duplicate_of or "-",
+            r.job_status or "-",
+            str(r.attempts),
+            _when(r.updated_at),
+            r.file,
+        )
         for r in rows
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]

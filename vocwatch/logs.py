@@ -8,7 +8,7 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -57,11 +57,13 @@ def redact_digits(text: str) -> str:
 SCRUB = Scrubber()
 
 
-def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, stream: IO[str] | None = None) -> None:
+def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     SCRUB.redact_digits = redact
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else structlog.processors.JSONRenderer()
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

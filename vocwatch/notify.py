@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Protocol
@@ -24,10 +25,9 @@ class SdNotifier:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def notify(self, message: str) -> None:
-        try:
+        # systemd going away must never stop the daemon.
+        with contextlib.suppress(OSError):
             self._sock.sendto(message.encode(), self._address)
-        except OSError:
-            pass  # systemd going away must never stop the daemon
 
 
 def from_environment() -> Notifier:

@@ -36,9 +36,7 @@ class Entry:
         return (self.size, self.mtime_ns)
 
 
-def observe(
-    previous: Entry | None, rel: PurePosixPath, size: int, mtime_ns: int, now: float
-) -> Entry:
+def observe(previous: Entry | None, rel: PurePosixPath, size: int, mtime_ns: int, now: float) -> Entry:
     """Fold a new observation of ``rel`` into what was known of it."""
     if previous is None:
         return Entry(rel, size, mtime_ns, first_seen=now, stable_since=now)
@@ -145,12 +143,12 @@ def _plan_group(members: list[Entry], now: float, rules: Rules, out: Plan) -> fl
             used.add(match[0].rel)
     pairs.extend((c, None) for c in candidates if c.rel not in used)
     deadlines: list[float] = []
-    for rec, side in pairs:
-        present = [e for e in (rec, side) if e is not None]
+    for rec, sidecar in pairs:
+        present: list[Entry] = [e for e in (rec, sidecar) if e is not None]
         settled_at = max(e.stable_since for e in present) + rules.settle_s
-        if rec is not None and side is not None:
+        if rec is not None and sidecar is not None:
             if settled_at <= now:
-                out.ready.append(Pair(rec.rel, side.rel))
+                out.ready.append(Pair(rec.rel, sidecar.rel))
             else:
                 deadlines.append(settled_at)
             continue

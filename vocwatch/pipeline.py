@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class Prepared:
 
     claimed: Claimed
     row: Row
-    fh: IO[bytes]
+    fh: io.BufferedReader
     metadata: str
     content_type: str
     sha256: str
@@ -100,7 +101,7 @@ class Pipeline:
         opened = open_regular(claimed.audio)
         if isinstance(opened, Problem):
             return self._fail_unopened(claimed, opened, log)
-        fh = os.fdopen(opened, "rb", buffering=0)
+        fh = os.fdopen(opened, "rb")
         try:
             ready = self._validate(claimed, fh, log)
         except OSError as exc:
@@ -114,7 +115,7 @@ class Pipeline:
             return self._fail_unopened(claimed, ready, log)
         return ready
 
-    def _validate(self, claimed: Claimed, fh: IO[bytes], log: Log) -> Prepared | Problem | Unsettled | Finished:
+    def _validate(self, claimed: Claimed, fh: io.BufferedReader, log: Log) -> Prepared | Problem | Unsettled | Finished:
         st = os.fstat(fh.fileno())
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         sidecar: dict[str, Any] | None = None
@@ -231,7 +232,9 @@ class Pipeline:
 
     def _rejected(self, prep: Prepared, outcome: Rejected) -> None:
         prep.fh.close()
-        problem = Problem("rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}")
+        problem = Problem(
+            "rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
+        )
         extra = {"http_status": outcome.status, "server_code": outcome.code, "server_message": outcome.message}
         self._fail(prep.claimed, problem, prep.log, row=prep.row, recording_id=prep.row.recording_id, **extra)
 
@@ -265,7 +268,9 @@ class Pipeline:
     def _fail(
         self, claimed: Claimed, problem: Problem, log: Log, *, row: Row | None, recording_id: str, **extra: Any
     ) -> Finished:
-        error = error_document(claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra)
+        error = error_document(
+            claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra
+        )
         size = claimed.audio.lstat().st_size if os.path.lexists(claimed.audio) else 0
         dest = self.folders.finish(claimed, "failed", error=error)
         fields: dict[str, Any] = {"last_error": f"{problem.code}: {problem.message}", "destination": str(dest)}

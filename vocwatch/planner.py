@@ -232,9 +232,7 @@ class Planner:
 
     def _expire(self, expired: pairing.Expired) -> None:
         first = expired.files[0]
-        error = error_document(
-            first.name, None, pairing.classify(first.name)[1], expired.problem, self._clock
-        )
+        error = error_document(first.name, None, pairing.classify(first.name)[1], expired.problem, self._clock)
         try:
             self._folders.fail_in_place(self._root, expired.files, error)
         except OSError as exc:
@@ -242,4 +240,6 @@ class Planner:
             return
         for rel in expired.files:
             self._forget(rel)
-        self._log.warning("upload.failed", file=str(first), reason=expired.problem.code, message=expired.problem.message)
+        self._log.warning(
+            "upload.failed", file=str(first), reason=expired.problem.code, message=expired.problem.message
+        )

@@ -92,8 +92,9 @@ class StatusPoller:
             return
         if isinstance(outcome, Rejected):
             # The API no longer knows the job: stop asking, keep the record.
-            self._ledger.update_job(row.id, job_error=f"status: HTTP {outcome.status} {outcome.message}",
-                                    next_poll_at=None)
+            self._ledger.update_job(
+                row.id, job_error=f"status: HTTP {outcome.status} {outcome.message}", next_poll_at=None
+            )
             log.warning("job.unknown", status=outcome.status, message=outcome.message)
             return
         self._ledger.update_job(row.id, next_poll_at=self._clock.time() + interval, poll_interval=interval)

@@ -37,9 +37,7 @@ class Pool:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self.on_idle = on_idle
         self.on_done = on_done
-        self._threads = [
-            threading.Thread(target=self._work, name=f"upload-{i}", daemon=True) for i in range(workers)
-        ]
+        self._threads = [threading.Thread(target=self._work, name=f"upload-{i}", daemon=True) for i in range(workers)]
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._stopping = threading.Event()

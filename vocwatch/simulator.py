@@ -93,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing -------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         state = self.server.state
         if self.path == "/":
             return self._json(200, {"name": "platform-api-service", "version": "1.6.0"})
@@ -116,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, job)
         return self._error(404, "NotFound", "Resource not found")
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         state = self.server.state
         with state.lock:
             state.requests += 1

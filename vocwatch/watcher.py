@@ -57,8 +57,12 @@ class Watcher:
         try:
             st = os.stat(self._root)
         except OSError as exc:
-            self._log.error("watch.inbox_missing", inbox=str(self._root), error=exc.strerror,
-                            fix="create the inbox folder or fix folders.inbox; vocwatch retries by itself")
+            self._log.error(
+                "watch.inbox_missing",
+                inbox=str(self._root),
+                error=exc.strerror,
+                fix="create the inbox folder or fix folders.inbox; vocwatch retries by itself",
+            )
             return False
         observer = self._make_observer()
         try:
@@ -71,7 +75,7 @@ class Watcher:
                     "watch.inotify_limit",
                     error=str(exc),
                     fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), "
-                    "or set watch.mode = \"poll\"; falling back to polling now",
+                    'or set watch.mode = "poll"; falling back to polling now',
                 )
                 observer = PollingObserver(timeout=self._poll_interval)
                 observer.schedule(_Handler(self._on_path), str(self._root), recursive=self._recursive)
@@ -82,8 +86,9 @@ class Watcher:
         self._observer = observer
         self._root_id = (st.st_dev, st.st_ino)
         self.kind = "poll" if isinstance(observer, PollingObserver) else "events"
-        self._log.info("watch.started", inbox=str(self._root), observer=type(observer).__name__,
-                       recursive=self._recursive)
+        self._log.info(
+            "watch.started", inbox=str(self._root), observer=type(observer).__name__, recursive=self._recursive
+        )
         return True
 
     def _make_observer(self) -> BaseObserver:
