@@ -6,18 +6,18 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import structlog
 
 from vocwatch.client import CrescendoClient, build_http
 from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_key
-from vocwatch.folders import Folders
+from vocwatch.folders import Claimed, Folders
 from vocwatch.gate import Gate
 from vocwatch.ledger import Ledger
 from vocwatch.logs import SCRUB
-from vocwatch.model import Clock, SystemClock
+from vocwatch.model import Clock, Pair, SystemClock
 from vocwatch.notify import Notifier, NullNotifier, watchdog_interval
 from vocwatch.pairing import Rules
 from vocwatch.pipeline import Pipeline, PipelineOptions
@@ -244,11 +244,22 @@ class Daemon:
 
     def recover_ledger(self) -> None:
         """Rows whose job id was committed but whose move was not: finish them without uploading."""
-        ledger = self.parts.ledger
-        for row in ledger.rows(state="accepted"):
-            work_copy = self.parts.folders.work / row.file
-            if row.destination and Path(row.destination).exists() and not os.path.lexists(work_copy):
-                ledger.transition(row.id, "done", event="recovered", destination=row.destination)
+        p = self.parts
+        for row in p.ledger.rows(state="accepted"):
+            rel = PurePosixPath(row.file)
+            if os.path.lexists(p.folders.work / rel):
+                claimed = Claimed(Pair(rel, p.folders.sidecar_beside(rel)), p.folders.work, p.folders.inbox)
+                p.pipeline.finish_accepted(claimed, row)
+                self.log.info("recover.moved", recording_id=row.recording_id, job_id=row.job_id, file=row.file)
+            elif row.destination and os.path.lexists(row.destination):
+                p.ledger.transition(row.id, "done", event="recovered", destination=row.destination)
+        others = [d.name for d in p.folders.work.parent.glob("*") if d.is_dir() and d != p.folders.work]
+        if others:
+            self.log.warning(
+                "recover.other_instances",
+                instances=others,
+                note="work folders of other vocwatch instances; each recovers only its own claims",
+            )
 
     def status_line(self) -> str:
         p = self.parts

@@ -72,6 +72,16 @@ class Folders:
         _fsync_dirs({s.parent for s in sources} | {d.parent for d in claimed.paths()})
         return claimed
 
+    def sidecar_beside(self, audio_rel: PurePosixPath) -> PurePosixPath | None:
+        """The sidecar still in work/ next to ``audio_rel``, if any."""
+        for name in (PurePosixPath(audio_rel.name).stem + ".json", audio_rel.name + ".json"):
+            if os.path.lexists(self.work / audio_rel.parent / name):
+                return audio_rel.parent / name
+        return None
+
+    def exists(self, claimed: Claimed) -> bool:
+        return all(os.path.lexists(p) for p in claimed.paths())
+
     def release(self, claimed: Claimed) -> None:
         """Put a claimed pair back where it came from, to be taken again later."""
         for path in claimed.paths():
@@ -103,9 +113,11 @@ class Folders:
         names["audio"].parent.mkdir(parents=True, exist_ok=True)
         if error is not None:
             _write_atomic(names["error"], json.dumps(error, indent=2, ensure_ascii=False) + "\n")
-        _move_no_clobber(claimed.audio, names["audio"])
+        # The sidecar goes first: a crash in between leaves the recording itself in work/,
+        # where recovery finds it by the ledger's row.
         if claimed.sidecar is not None:
             _move_no_clobber(claimed.sidecar, names["sidecar"])
+        _move_no_clobber(claimed.audio, names["audio"])
         _fsync_dirs({names["audio"].parent, claimed.audio.parent})
         return names["audio"]
 
@@ -126,8 +138,11 @@ class Folders:
                 _move_no_clobber(origin / rel, target)
         _fsync_dirs({t.parent for t in targets} | {(origin / f).parent for f in files})
 
-    def claims_in_work(self) -> Iterator[Claimed]:
-        """Pairs left in work/ (by a crash or a stopped upload); lone halves go back to the inbox."""
+    def claims_in_work(self, require_sidecar: bool = True) -> Iterator[tuple[Claimed, bool]]:
+        """What lies in work/ (left by a crash or a stopped upload), each with whether it is a whole pair.
+
+        A lone half (its partner already moved on, or never claimed) should go back to the inbox.
+        """
         groups: dict[tuple[str, str], list[PurePosixPath]] = {}
         for dirpath, _dirs, files in os.walk(self.work):
             for name in files:
@@ -136,11 +151,11 @@ class Folders:
         for members in groups.values():
             audio = [m for m in members if classify(m.name)[0] != "sidecar"]
             sidecars = [m for m in members if classify(m.name)[0] == "sidecar"]
-            if len(audio) == 1 and len(sidecars) <= 1:
-                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox)
+            if len(audio) == 1 and len(sidecars) <= 1 and (sidecars or not require_sidecar):
+                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox), True
             else:
                 for rel in members:
-                    _move_no_clobber(self.work / rel, _free_name(self.inbox / rel))
+                    yield Claimed(Pair(rel, None), self.work, self.inbox), False
 
 
 def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol
 
 import structlog
@@ -98,6 +98,9 @@ class Pipeline:
         """Validate and hash a claimed pair; settle duplicates, conflicts and crash leftovers."""
         rel = str(claimed.pair.audio)
         log = self.log.bind(file=rel)
+        if not self.folders.exists(claimed):
+            log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
+            return "released"
         opened = open_regular(claimed.audio)
         if isinstance(opened, Problem):
             return self._fail_unopened(claimed, opened, log)
@@ -154,7 +157,7 @@ class Pipeline:
         for row in rows:
             if row.state == "accepted" and row.sha256 == digest and row.file == str(claimed.pair.audio):
                 # A crash fell between committing the job id and moving the files: finish the move.
-                self._move_accepted(claimed, row, log.bind(job_id=row.job_id))
+                self.finish_accepted(claimed, row, log.bind(job_id=row.job_id))
                 return "done"
         uploaded = [r for r in rows if r.state in UPLOADED_STATES]
         same = [r for r in uploaded if r.sha256 == digest]
@@ -220,13 +223,19 @@ class Pipeline:
         prep.fh.close()
         row = self.ledger.get(prep.row.id)
         assert row is not None
-        self._move_accepted(prep.claimed, row, log)
+        self.finish_accepted(prep.claimed, row, log)
         size = prep.signature[0]
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=row.attempts)
         self.recorder.finished("done", nbytes=size, seconds=seconds)
 
-    def _move_accepted(self, claimed: Claimed, row: Row, log: Log) -> None:
-        dest = self.folders.finish(claimed, self.options.done_stage)
+    def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
+        """Move an accepted pair to its recorded destination and mark it done (also crash recovery)."""
+        log = log or self.log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
+        planned = Path(row.destination) if row.destination else None
+        try:
+            dest = self.folders.finish(claimed, self.options.done_stage, planned)
+        except FileExistsError:  # someone else's file took the planned name meanwhile
+            dest = self.folders.finish(claimed, self.options.done_stage)
         self.ledger.transition(row.id, "done", destination=str(dest))
         log.debug("files.moved", destination=str(dest))
 

@@ -101,9 +101,14 @@ class Planner:
             self._observe(rel, st, now)
         for rel in [r for r in self._entries if r not in seen]:
             self._forget(rel)
-        for claimed in self._folders.claims_in_work():
-            if not self._pool.owns(claimed) and all(c.audio != claimed.audio for c in self._leftovers):
+        for claimed, whole in self._folders.claims_in_work(self._opts.rules.require_sidecar):
+            if self._pool.owns(claimed) or any(c.audio == claimed.audio for c in self._leftovers):
+                continue
+            if whole:
                 self._leftovers.append(claimed)
+            else:
+                self._log.info("claim.half_returned", file=str(claimed.pair.audio))
+                self._folders.release(claimed)
         self.scans += 1
 
     def step(self) -> None:
@@ -126,7 +131,11 @@ class Planner:
                 for key in decided.waiting:
                     heapq.heappush(self._deadlines, (at, key))
         while self._leftovers and self._pool.has_room():
-            self._pool.offer(self._leftovers.popleft())
+            leftover = self._leftovers.popleft()
+            # A worker may have finished it since the scan listed it.
+            if not self._pool.owns(leftover) and self._folders.exists(leftover):
+                self._log.info("claim.recovered", file=str(leftover.pair.audio))
+                self._pool.offer(leftover)
         while self._ready and self._pool.has_room():
             pair = self._ready.popleft()
             self._ready_set.discard(pair)

@@ -39,7 +39,8 @@ class Pool:
         self.on_done = on_done
         self._threads = [threading.Thread(target=self._work, name=f"upload-{i}", daemon=True) for i in range(workers)]
         self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
+        self._in_flight: set[str] = set()  # every path of every pair queued or being worked on
+        self._count = 0
         self._stopping = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._log = structlog.get_logger("vocwatch.pool")
@@ -57,7 +58,8 @@ class Pool:
         except queue.Full:
             return False
         with self._lock:
-            self._in_flight.add(str(claimed.audio))
+            self._in_flight.update(str(p) for p in claimed.paths())
+            self._count += 1
         return True
 
     def has_room(self) -> bool:
@@ -65,7 +67,7 @@ class Pool:
 
     def owns(self, claimed: Claimed) -> bool:
         with self._lock:
-            return str(claimed.audio) in self._in_flight
+            return any(str(p) in self._in_flight for p in claimed.paths())
 
     @property
     def queued(self) -> int:
@@ -74,11 +76,11 @@ class Pool:
     @property
     def busy(self) -> int:
         with self._lock:
-            return len(self._in_flight) - self._queue.qsize()
+            return self._count - self._queue.qsize()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
-            return self._idle.wait_for(lambda: not self._in_flight, timeout=timeout)
+            return self._idle.wait_for(lambda: self._count == 0, timeout=timeout)
 
     def stop(self, grace_s: float) -> int:
         """Stop taking work, put queued pairs back, let uploads in flight finish for ``grace_s``.
@@ -104,8 +106,9 @@ class Pool:
 
     def _forget(self, claimed: Claimed) -> None:
         with self._lock:
-            self._in_flight.discard(str(claimed.audio))
-            if not self._in_flight:
+            self._in_flight.difference_update(str(p) for p in claimed.paths())
+            self._count -= 1
+            if self._count == 0:
                 self._idle.notify_all()
 
     def _work(self) -> None:
