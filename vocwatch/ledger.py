@@ -218,11 +218,19 @@ class Ledger:
                 f"({', '.join('?' * len(OPEN_STATES))}) ORDER BY id DESC LIMIT 1",
                 (recording_id, sha256, *OPEN_STATES),
             ).fetchone()
+            if not found:
+                # A pair put back because it changed comes back with new content: same row.
+                found = self._db.execute(
+                    "SELECT id FROM recordings WHERE recording_id = ? AND file = ? AND state = 'released' "
+                    "ORDER BY id DESC LIMIT 1",
+                    (recording_id, file),
+                ).fetchone()
             if found:
                 row_id = int(found[0])
                 self._db.execute(
-                    "UPDATE recordings SET state = 'claimed', file = ?, updated_at = ? WHERE id = ?",
-                    (file, now, row_id),
+                    "UPDATE recordings SET state = 'claimed', file = ?, sha256 = ?, size = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (file, sha256, size, now, row_id),
                 )
             else:
                 cur = self._db.execute(

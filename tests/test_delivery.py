@@ -1,0 +1,164 @@
+"""Delivery guarantees against a faulty server: transient errors wait, auth problems pause, no duplicates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from conftest import Spool, drop, running, wait_for
+
+from vocwatch.simulator import Simulator
+from vocwatch.samples import write_sidecar, write_wav
+
+
+def _fill(inbox: Path, n: int, prefix: str = "rec") -> dict[str, str]:
+    """``n`` small real pairs; returns recording id -> sha256 of the audio."""
+    shas = {}
+    for i in range(n):
+        rid = f"{prefix}-{i:04d}"
+        audio = write_wav(inbox / f"{rid}.wav", 0.05, freq=200 + i)
+        write_sidecar(inbox / f"{rid}.json", rid)
+        shas[rid] = hashlib.sha256(audio.read_bytes()).hexdigest()
+    return shas
+
+
+def _states(spool: Spool) -> dict[str, str]:
+    return {r.recording_id: r.state for r in spool.rows()}
+
+
+def _all_done(spool: Spool, n: int) -> bool:
+    states = _states(spool)
+    return len(states) >= n and all(s in ("done", "failed", "duplicate") for s in states.values())
+
+
+def test_transient_errors_and_dropped_connections_never_send_to_failed(
+    spool: Spool, sim: Simulator, make_settings
+) -> None:
+    shas = _fill(spool.inbox, 200)
+    sim.state.faults.error_rate = 0.3
+    sim.state.faults.retry_after = "1"  # capped by upload.max_backoff_seconds below
+    sim.state.faults.drop_rate = 0.1
+    settings = make_settings(upload__workers=4, upload__max_backoff_seconds=0.05, watch__settle_seconds=0.05)
+    with running(settings):
+        wait_for(lambda: _all_done(spool, 200), timeout=120, what="200 recordings settled")
+    assert set(_states(spool).values()) == {"done"}
+    assert spool.files(spool.failed) == []
+    received = {r.metadata["id"]: r.sha256 for r in sim.state.received}
+    assert received == shas  # every recording arrived, complete, and once
+    assert sum(r.attempts for r in spool.rows()) > 200  # the faults really happened
+
+
+def test_unauthorized_period_pauses_everything_then_resumes_without_restart(
+    spool: Spool, sim: Simulator, make_settings
+) -> None:
+    sim.state.unauthorized_for(2.0)
+    with running(make_settings()) as daemon:
+        _fill(spool.inbox, 10)
+        wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause")
+        assert spool.files(spool.failed) == []
+        wait_for(lambda: _all_done(spool, 10), timeout=30, what="all done after the pause")
+        assert not daemon.parts.gate.state().auth_paused
+    assert set(_states(spool).values()) == {"done"}
+    assert spool.files(spool.failed) == []
+
+
+def test_rotated_key_file_is_read_again_without_restart(
+    spool: Spool, sim: Simulator, make_settings, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("VOCWATCH_API_KEY")
+    key_file = tmp_path / "api-key"
+    key_file.write_text("an-old-revoked-key\n")
+    with running(make_settings(api__api_key_file=key_file)) as daemon:
+        drop(spool.inbox, "a.wav", "a")
+        wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause on the old key")
+        key_file.write_text(sim.state.api_key + "\n")
+        wait_for(lambda: _all_done(spool, 1), timeout=15, what="upload with the rotated key")
+    assert _states(spool) == {"a": "done"}
+
+
+def test_uploads_carry_an_idempotency_key_of_id_and_sha256(spool: Spool, sim: Simulator, make_settings) -> None:
+    audio, _ = drop(spool.inbox, "k.wav", "rec-k")
+    sha = hashlib.sha256(audio.read_bytes()).hexdigest()
+    with running(make_settings()):
+        wait_for(lambda: _all_done(spool, 1), what="upload")
+    assert [r.idempotency_key for r in sim.state.received] == [f"rec-k-{sha}"]
+
+
+def test_same_id_and_content_again_is_a_duplicate_and_not_sent(spool: Spool, sim: Simulator, make_settings) -> None:
+    with running(make_settings()):
+        audio, side = drop(spool.inbox, "first.wav", "rec-d")
+        copy = audio.read_bytes()
+        wait_for(lambda: _all_done(spool, 1), what="first upload")
+        (spool.inbox / ".again.tmp").write_bytes(copy)
+        (spool.inbox / ".again.tmp").rename(spool.inbox / "again.wav")
+        write_sidecar(spool.inbox / "again.json", "rec-d")
+        wait_for(lambda: len([r for r in spool.rows() if r.state == "duplicate"]) == 1, what="duplicate row")
+    first, second = spool.rows()
+    assert (first.state, second.state) == ("done", "duplicate")
+    assert second.duplicate_of == first.job_id
+    assert len(sim.state.received) == 1
+    assert "again.wav" in spool.files(spool.done)
+
+
+def test_same_id_with_different_content_is_refused_as_a_conflict(spool: Spool, sim: Simulator, make_settings) -> None:
+    with running(make_settings()):
+        drop(spool.inbox, "v1.wav", "rec-c")
+        wait_for(lambda: _all_done(spool, 1), what="first upload")
+        write_wav(spool.inbox / ".v2.tmp", 0.3, freq=999).rename(spool.inbox / "v2.wav")
+        write_sidecar(spool.inbox / "v2.json", "rec-c")
+        wait_for(lambda: len(spool.rows()) == 2 and spool.rows()[1].state == "failed", what="conflict")
+    error = json.loads((spool.failed / "v2.error.json").read_text())
+    assert error["reason"] == "conflict" and spool.rows()[0].job_id in error["message"]
+    assert len(sim.state.received) == 1
+
+
+def test_on_conflict_upload_sends_the_new_content(spool: Spool, sim: Simulator, make_settings) -> None:
+    with running(make_settings(upload__on_conflict="upload")):
+        drop(spool.inbox, "v1.wav", "rec-c")
+        wait_for(lambda: _all_done(spool, 1), what="first upload")
+        write_wav(spool.inbox / ".v2.tmp", 0.3, freq=999).rename(spool.inbox / "v2.wav")
+        write_sidecar(spool.inbox / "v2.json", "rec-c")
+        wait_for(lambda: [r.state for r in spool.rows()] == ["done", "done"], what="second upload")
+    assert len(sim.state.received) == 2
+
+
+def test_give_up_after_seconds_sends_a_long_outage_to_failed(spool: Spool, sim: Simulator, make_settings) -> None:
+    sim.state.faults.error_rate = 1.0
+    with running(make_settings(upload__give_up_after_seconds=0.5)):
+        drop(spool.inbox, "g.wav", "rec-g")
+        wait_for(lambda: _all_done(spool, 1), what="give up")
+    assert json.loads((spool.failed / "g.error.json").read_text())["reason"] == "gave_up"
+
+
+def test_recording_changed_during_upload_is_not_done_and_is_sent_whole_later(
+    spool: Spool, sim: Simulator, make_settings
+) -> None:
+    # The server stalls before reading the body, so the client is mid-send when the file grows.
+    sim.state.faults.latency_s = 1.0
+    audio = write_wav(spool.inbox / "grow.wav", target_bytes=8_000_000)
+    write_sidecar(spool.inbox / "grow.json", "rec-grow")
+    with running(make_settings(watch__settle_seconds=0.3)) as daemon:
+        wait_for(lambda: sim.state.requests >= 1, what="upload in flight")
+        work_copy = daemon.parts.folders.work / "grow.wav"
+        with open(work_copy, "ab") as fh:
+            fh.write(b"\0" * 100_000)  # the recorder appended after we claimed it
+        sim.state.faults.latency_s = 0.0
+        wait_for(lambda: _all_done(spool, 1), timeout=30, what="whole upload")
+    final = (spool.done / "grow.wav").read_bytes()
+    assert len(final) == 8_100_000
+    assert [r.sha256 for r in sim.state.received] == [hashlib.sha256(final).hexdigest()]
+    assert audio.exists() is False
+
+
+def test_auth_problem_is_logged_once_per_probe_interval_not_per_file(
+    spool: Spool, sim: Simulator, make_settings, capsys
+) -> None:
+    sim.state.unauthorized_for(1.0)
+    with running(make_settings(upload__workers=4, upload__auth_probe_seconds=1.5)) as daemon:
+        _fill(spool.inbox, 8)
+        wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause")
+        wait_for(lambda: _all_done(spool, 8), timeout=30, what="resume after the probe")
+    out = capsys.readouterr().out
+    assert out.count("upload.auth_paused") == 1
+    assert sim.state.api_key not in out
