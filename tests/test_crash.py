@@ -48,7 +48,7 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_only_in_flight(
     for _ in range(3):
         target = sim.state.requests + rng.randint(15, 45)
         proc = _start(config, log)
-        wait_for(lambda: sim.state.requests >= target, timeout=60, what=f"{target} requests before the kill")
+        wait_for(lambda t=target: sim.state.requests >= t, timeout=60, what=f"{target} requests before the kill")
         proc.kill()
         proc.wait(timeout=10)
         kills += 1

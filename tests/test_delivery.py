@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import Spool, drop, running, wait_for
 
-from vocwatch.simulator import Simulator
 from vocwatch.samples import write_sidecar, write_wav
+from vocwatch.simulator import Simulator
 
 
 def _fill(inbox: Path, n: int, prefix: str = "rec") -> dict[str, str]:
@@ -87,7 +87,7 @@ def test_uploads_carry_an_idempotency_key_of_id_and_sha256(spool: Spool, sim: Si
 
 def test_same_id_and_content_again_is_a_duplicate_and_not_sent(spool: Spool, sim: Simulator, make_settings) -> None:
     with running(make_settings()):
-        audio, side = drop(spool.inbox, "first.wav", "rec-d")
+        audio, _ = drop(spool.inbox, "first.wav", "rec-d")
         copy = audio.read_bytes()
         wait_for(lambda: _all_done(spool, 1), what="first upload")
         (spool.inbox / ".again.tmp").write_bytes(copy)
