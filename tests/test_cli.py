@@ -1,0 +1,128 @@
+"""The command line as an operator uses it: exit codes, messages, export, backfill, secrets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Spool, drop, running, wait_for
+
+from vocwatch.config import load_settings
+from vocwatch.simulator import Simulator
+
+COMMANDS = ["run", "upload", "ledger", "simulate", "demo", "check", "status"]
+
+
+def vocwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vocwatch", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_version(command: str) -> None:
+    helped = vocwatch(command, "--help")
+    assert helped.returncode == 0 and "usage: vocwatch" in helped.stdout
+    version = vocwatch(command, "--version") if command != "ledger" else vocwatch("--version")
+    assert version.returncode == 0 and version.stdout.startswith("vocwatch ")
+
+
+def test_bad_config_exits_78_with_one_line_per_bad_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[upload]\nworkers = 0\nworkres = 3\n[watch]\nsettle_seconds = "soon"\n[api]\nbase_url = "ftp:x"\n'
+    )
+    result = vocwatch("run", "--config", str(config))
+    assert result.returncode == 78
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 4
+    for key in ("upload.workers", "upload.workres: unknown key", "watch.settle_seconds", "api.base_url"):
+        assert any(key in line and str(config) in line for line in lines), (key, lines)
+
+
+def test_missing_config_file_and_missing_key_exit_78(tmp_path: Path, api_key: str) -> None:
+    missing = vocwatch("run", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 78 and "config file not found" in missing.stderr
+    config = tmp_path / "ok.toml"
+    config.write_text(
+        f'[folders]\ninbox = "{tmp_path}/s/inbox"\ndone = "{tmp_path}/s/done"\n'
+        f'failed = "{tmp_path}/s/failed"\n[ledger]\npath = "{tmp_path}/l.db"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VOCWATCH_API_KEY"}
+    nokey = vocwatch("run", "--config", str(config), env=env)
+    assert nokey.returncode == 78
+    assert "VOCWATCH_API_KEY" in nokey.stderr and "CRESCENDO_API_KEY" in nokey.stderr
+
+
+def test_environment_overrides_every_key_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[upload]\nworkers = 2\n[watch]\nignore = ["*.x"]\n')
+    monkeypatch.setenv("VOCWATCH_UPLOAD__WORKERS", "7")
+    monkeypatch.setenv("VOCWATCH_WATCH__IGNORE", '["*.y", ".*"]')
+    monkeypatch.setenv("VOCWATCH_CONFIG", str(config))
+    settings = load_settings()
+    assert settings.upload.workers == 7
+    assert settings.watch.ignore == ("*.y", ".*")
+
+
+def test_ledger_export_as_jsonl_and_csv(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
+    with running(make_settings()):
+        drop(spool.inbox, "e1.wav", "exp-1")
+        drop(spool.inbox, "e2.mp3", "exp-2")
+        wait_for(lambda: len([r for r in spool.rows() if r.state == "done"]) == 2, what="two done")
+    config = str(tmp_path / "config.toml")
+    jsonl = vocwatch("ledger", "export", "--config", config, "--format", "jsonl")
+    assert jsonl.returncode == 0, jsonl.stderr
+    rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert {r["recording_id"] for r in rows} == {"exp-1", "exp-2"}
+    for row in rows:
+        assert {"recording_id", "file", "state", "job_id", "sha256", "attempts", "error"} <= set(row)
+        assert row["state"] == "done" and row["job_id"].startswith("job-voc-") and row["error"] is None
+    as_csv = vocwatch("ledger", "export", "--config", config, "--format", "csv")
+    parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["job_id"] for r in parsed] == [r["job_id"] for r in rows]
+
+
+def test_upload_backfills_a_folder_once_and_exit_status_tells_if_all_succeeded(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    make_settings()
+    backlog = tmp_path / "old-recordings"
+    drop(backlog, "2025/a.wav", "old-a")
+    drop(backlog, "2025/b.mp3", "old-b")
+    ok = vocwatch("upload", "--config", str(tmp_path / "config.toml"), str(backlog))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert spool.files(spool.done) == ["2025/a.json", "2025/a.wav", "2025/b.json", "2025/b.mp3"]
+    assert sorted(r.metadata["id"] for r in sim.state.received) == ["old-a", "old-b"]
+    drop(backlog, "bad.wav", "not valid!")
+    bad = vocwatch("upload", "--config", str(tmp_path / "config.toml"), str(backlog / "bad.wav"))
+    assert bad.returncode == 1
+    assert "bad.error.json" in spool.files(spool.failed)
+
+
+def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
+    sim.state.unauthorized_for(0.5)
+    make_settings(log__level="debug", log__format="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vocwatch", "run", "--config", str(tmp_path / "config.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        drop(spool.inbox, "s.wav", "secret-test")
+        wait_for(lambda: any(r.state == "done" for r in spool.rows()), what="upload after the 401 period")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {"upload.auth_paused", "upload.accepted"} <= {e["event"] for e in events}
+    assert sim.state.api_key not in out

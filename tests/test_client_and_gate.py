@@ -1,0 +1,135 @@
+"""The reply table and the shared breaker, as rules: pure inputs, exact outcomes."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from vocwatch.client import classify_upload, retry_after
+from vocwatch.gate import Gate, full_jitter
+from vocwatch.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _reply(status: int, body: object = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        (202, {"id": "job-1"}, None, Accepted("job-1")),
+        (202, {}, None, Retry("HTTP 202 without a job id: {}")),
+        (400, {"code": "BadRequest", "message": "bad id"}, None, Rejected(400, "BadRequest", "bad id")),
+        (413, {"code": "TooLarge", "message": "big"}, None, Rejected(413, "TooLarge", "big")),
+        (422, {"code": "Unprocessable", "message": "x"}, None, Rejected(422, "Unprocessable", "x")),
+        (401, {"code": "Unauthenticated", "message": "no"}, None, AuthProblem(401, "Unauthenticated: no")),
+        (403, {"code": "PermissionDenied", "message": "no"}, None, AuthProblem(403, "PermissionDenied: no")),
+        (408, {"message": "slow"}, None, Retry("HTTP 408 slow", None)),
+        (429, {"message": "busy"}, {"Retry-After": "7"}, Retry("HTTP 429 busy", 7.0)),
+        (500, {"message": "Internal Server Error"}, None, Retry("HTTP 500 Internal Server Error", None)),
+        (503, {"message": "down"}, {"Retry-After": "120"}, Retry("HTTP 503 down", 120.0)),
+    ],
+)
+def test_reply_is_classified_by_the_table(status, body, headers, expected) -> None:
+    assert classify_upload(_reply(status, body, headers)) == expected
+
+
+def test_404_and_redirects_are_configuration_problems_not_rejections() -> None:
+    assert isinstance(classify_upload(_reply(404, {"code": "NotFound", "message": "x"})), AuthProblem)
+    moved = httpx.Response(301, headers={"Location": "https://elsewhere/"})
+    outcome = classify_upload(moved)
+    assert isinstance(outcome, AuthProblem) and "base_url" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("0", 0.0), ("30", 30.0), ("soon", None), ("-5", None)],
+)
+def test_retry_after_seconds(value, expected) -> None:
+    assert retry_after(value) == expected
+
+
+def test_retry_after_http_date_counts_from_now() -> None:
+    when = format_datetime(datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC), usegmt=True)
+    now = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert retry_after(when, now=now) == 30.0
+    assert retry_after(when, now=now + 60) == 0.0
+
+
+@pytest.mark.parametrize("failures", [1, 2, 5, 20])
+def test_full_jitter_stays_within_the_capped_exponential(failures: int) -> None:
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 0.0) == 0.0
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 1.0) == min(300.0, 2.0 ** (failures - 1))
+
+
+def _gate(clock: FakeClock, rand: float = 1.0) -> Gate:
+    return Gate(clock, initial_backoff=1.0, max_backoff=60.0, auth_probe=30.0, rand=lambda: rand)
+
+
+def test_retry_after_holds_every_worker_and_is_capped() -> None:
+    clock = FakeClock()
+    gate = _gate(clock)
+    assert gate.acquire()
+    gate.report(Retry("HTTP 503", after=20.0))
+    assert gate.state().open and gate.state().reopens_in == 20.0
+    gate.report(Retry("HTTP 429", after=3600.0))
+    assert gate.state().reopens_in == 60.0  # capped by upload.max_backoff_seconds
+
+
+def test_after_the_wait_exactly_one_worker_probes_and_its_success_reopens_for_all() -> None:
+    clock = FakeClock()
+    gate = _gate(clock)
+    gate.report(Retry("down"))
+    clock.now += 1.0
+    assert gate.acquire()  # this thread is the probe
+    second: list[bool] = []
+    waiter = threading.Thread(target=lambda: second.append(gate.acquire()))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive()  # a second worker waits for the probe's result
+    gate.report(Accepted("job"))
+    waiter.join(timeout=5)
+    assert second == [True] and not gate.state().open
+
+
+def test_auth_problem_pauses_for_the_probe_interval_and_reports_once() -> None:
+    clock = FakeClock()
+    gate = _gate(clock)
+    assert gate.report(AuthProblem(401, "no")) is True
+    assert gate.report(AuthProblem(401, "no")) is False  # another worker's reply: already paused
+    state = gate.state()
+    assert state.auth_paused and state.reopens_in == 30.0
+
+
+def test_a_file_that_changed_does_not_count_against_the_server() -> None:
+    clock = FakeClock()
+    gate = _gate(clock)
+    gate.report(Unsettled("grew"))
+    assert not gate.state().open
+
+
+def test_stop_releases_waiting_workers() -> None:
+    clock = FakeClock()
+    gate = _gate(clock)
+    gate.report(Retry("down", after=50.0))
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(gate.acquire()))
+    waiter.start()
+    gate.stop()
+    waiter.join(timeout=5)
+    assert results == [False]
