@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -25,6 +26,7 @@ from vocwatch.planner import Planner, ScanOptions
 from vocwatch.poller import StatusPoller
 from vocwatch.pool import Pool
 from vocwatch.stats import Stats
+from vocwatch.stats import serve as serve_metrics
 from vocwatch.watcher import Watcher
 
 
@@ -178,7 +180,13 @@ class Daemon:
             max_s=st.poll_max_seconds,
             factor=st.poll_factor,
             move_on_completion=settings.folders.done_after == "completed",
+            on_status=p.stats.job_status,
         )
+        p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)
+        p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)
+        p.stats.live("vocwatch_pending_files", "Files seen in the inbox, not yet claimed", lambda: self.planner.pending)
+        p.stats.live("vocwatch_auth_paused", "1 while the API refuses the key", lambda: p.gate.state().auth_paused)
+        self._stop_metrics: Callable[[], None] = lambda: None
         self.watcher = Watcher(
             settings.folders.inbox,
             self.planner.hint,
@@ -198,6 +206,9 @@ class Daemon:
         p = self.parts
         p.folders.ensure()
         self.recover_ledger()
+        if self.settings.metrics.listen:
+            self._stop_metrics = serve_metrics(p.stats, self.settings.metrics.listen)
+            self.log.info("metrics.listening", listen=self.settings.metrics.listen)
         p.pool.start()
         watching = self.watcher.start()
         planner = threading.Thread(target=self.planner.run, name="planner", daemon=True)
@@ -238,6 +249,7 @@ class Daemon:
             self.log.warning(
                 "daemon.abandoned", uploads=abandoned, note="left in work/ as 'uploading'; sent again at the next start"
             )
+        self._stop_metrics()
         self.parts.close()
         self.log.info("daemon.stopped", **self.parts.stats.snapshot())
         return 0

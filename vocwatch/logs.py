@@ -13,7 +13,8 @@ from typing import Any, TextIO
 import structlog
 
 _DIGITS = re.compile(r"\d{6,}")
-_REDACTED_KEYS = frozenset({"file", "destination", "metadata", "sidecar", "recording", "folder", "path"})
+# Values that never carry a caller's number; every other string is redacted when log.redact is on.
+_NEVER_REDACTED = frozenset({"timestamp", "level", "job_id", "sha256", "instance", "version", "logger"})
 
 
 class Scrubber:
@@ -43,7 +44,7 @@ class Scrubber:
                 value = value if isinstance(value, int | float | bool | type(None)) else str(value)
             if isinstance(value, str):
                 value = self.clean(value)
-                if self.redact_digits and (key in _REDACTED_KEYS or key == "event"):
+                if self.redact_digits and key not in _NEVER_REDACTED:
                     value = redact_digits(value)
             event[key] = value
         return event
@@ -80,3 +81,11 @@ def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, s
     # Libraries log through the standard library; keep them quiet (httpx would log every URL).
     for name in ("httpx", "httpcore", "watchdog"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("watchdog.observers.inotify").addFilter(_BenignStopNoise())
+
+
+class _BenignStopNoise(logging.Filter):
+    """watchdog logs an ERROR when events arrive while its emitter stops; it means nothing to us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ class StatusPoller:
         max_s: float,
         factor: float,
         move_on_completion: bool,
+        on_status: Callable[[str], None] = lambda status: None,
         log: Any = None,
     ) -> None:
         self._ledger = ledger
@@ -41,10 +43,10 @@ class StatusPoller:
         self._max = max_s
         self._factor = factor
         self._move = move_on_completion
+        self._on_status = on_status
         self._log = log or structlog.get_logger("vocwatch.poller")
         self._stop = threading.Event()
         self.last_progress = clock.monotonic()
-        self.remote: dict[str, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,7 +74,7 @@ class StatusPoller:
         outcome = self._client.job_status(row.job_id)
         interval = min(self._max, (row.poll_interval or self._initial) * self._factor)
         if isinstance(outcome, JobStatus):
-            self.remote[outcome.status] = self.remote.get(outcome.status, 0) + 1
+            self._on_status(outcome.status)
             finished = outcome.finished_ms / 1000 if outcome.finished_ms is not None else None
             final = outcome.status in ("completed", "failed")
             self._ledger.update_job(

@@ -1,31 +1,69 @@
-"""Live counters for STATUS and metrics; the pipeline records into them through the Recorder protocol."""
+"""Live counters: the STATUS line reads them, and Prometheus scrapes them (prometheus-client)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+
+import prometheus_client as prom
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Stats:
+    """Thread-safe; one registry per daemon, so tests can run several side by side."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.outcomes: Counter[str] = Counter()
         self.retries = 0
-        self.bytes_sent = 0
-        self.last_success: float | None = None
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self._uploads = prom.Counter("vocwatch_uploads", "Recordings finished, by outcome", ["outcome"], registry=r)
+        self._bytes = prom.Counter("vocwatch_upload_bytes", "Bytes of recordings accepted by the API", registry=r)
+        self._retries = prom.Counter("vocwatch_retries", "Upload attempts that will be retried", registry=r)
+        self._duration = prom.Histogram(
+            "vocwatch_upload_duration_seconds", "Time of one accepted upload request", buckets=_BUCKETS, registry=r
+        )
+        self._jobs = prom.Counter("vocwatch_jobs", "Job status replies, by remote status", ["status"], registry=r)
+        self._last = prom.Gauge("vocwatch_last_success_timestamp_seconds", "When an upload last succeeded", registry=r)
 
     def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
         with self._lock:
             self.outcomes[state] += 1
-            self.bytes_sent += nbytes
-            if state == "done":
-                self.last_success = time.time()
+        self._uploads.labels(state).inc()
+        if state == "done":
+            self._bytes.inc(nbytes)
+            self._duration.observe(seconds)
+            self._last.set(time.time())
 
     def retried(self, reason: str) -> None:
         with self._lock:
             self.retries += 1
+        self._retries.inc()
+
+    def job_status(self, status: str) -> None:
+        self._jobs.labels(status).inc()
+
+    def live(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time (queue depth, in flight, auth paused)."""
+        prom.Gauge(name, help_text, registry=self.registry).set_function(read)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {**self.outcomes, "retries": self.retries}
+
+
+def serve(stats: Stats, listen: str) -> Callable[[], None]:
+    """Serve /metrics on ``host:port``; returns the function that stops it."""
+    host, _, port = listen.rpartition(":")
+    server, thread = prom.start_http_server(int(port), addr=host or "127.0.0.1", registry=stats.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
