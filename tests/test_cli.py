@@ -108,7 +108,7 @@ def test_upload_backfills_a_folder_once_and_exit_status_tells_if_all_succeeded(
 
 
 def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
-    sim.state.unauthorized_for(0.5)
+    sim.state.unauthorized_for(3600)
     make_settings(log__level="debug", log__format="json")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vocwatch", "run", "--config", str(tmp_path / "config.toml")],
@@ -118,6 +118,8 @@ def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, mak
     )
     try:
         drop(spool.inbox, "s.wav", "secret-test")
+        wait_for(lambda: sim.state.requests >= 1, what="a refused upload")
+        sim.state.faults.unauthorized_until = 0.0  # the key works again
         wait_for(lambda: any(r.state == "done" for r in spool.rows()), what="upload after the 401 period")
     finally:
         proc.send_signal(signal.SIGTERM)

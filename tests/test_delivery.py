@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from conftest import Spool, drop, running, wait_for
@@ -52,11 +53,13 @@ def test_transient_errors_and_dropped_connections_never_send_to_failed(
 def test_unauthorized_period_pauses_everything_then_resumes_without_restart(
     spool: Spool, sim: Simulator, make_settings
 ) -> None:
-    sim.state.unauthorized_for(2.0)
+    sim.state.unauthorized_for(3600)
     with running(make_settings()) as daemon:
         _fill(spool.inbox, 10)
         wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause")
-        assert spool.files(spool.failed) == []
+        wait_for(lambda: sim.state.requests >= 4, what="several probes while unauthorized")
+        assert spool.files(spool.failed) == [] and spool.rows() and not sim.state.received
+        sim.state.faults.unauthorized_until = 0.0  # the period ends
         wait_for(lambda: _all_done(spool, 10), timeout=30, what="all done after the pause")
         assert not daemon.parts.gate.state().auth_paused
     assert set(_states(spool).values()) == {"done"}
@@ -154,11 +157,16 @@ def test_recording_changed_during_upload_is_not_done_and_is_sent_whole_later(
 def test_auth_problem_is_logged_once_per_probe_interval_not_per_file(
     spool: Spool, sim: Simulator, make_settings, capsys
 ) -> None:
-    sim.state.unauthorized_for(1.0)
-    with running(make_settings(upload__workers=4, upload__auth_probe_seconds=1.5)) as daemon:
+    sim.state.unauthorized_for(3600)
+    with running(make_settings(upload__workers=4, upload__auth_probe_seconds=0.5)) as daemon:
         _fill(spool.inbox, 8)
         wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause")
+        paused_at = time.monotonic()
+        wait_for(lambda: sim.state.requests >= 6, what="probes while unauthorized")
+        sim.state.faults.unauthorized_until = 0.0
+        paused_for = time.monotonic() - paused_at
         wait_for(lambda: _all_done(spool, 8), timeout=30, what="resume after the probe")
     out = capsys.readouterr().out
-    assert out.count("upload.auth_paused") == 1
+    # One line when the pause begins, then at most one per failed probe, i.e. per 0.5 s interval.
+    assert 1 <= out.count("upload.auth_paused") <= 2 + paused_for / 0.5
     assert sim.state.api_key not in out
