@@ -6,6 +6,7 @@ directories, so a crash leaves each file in exactly one place and a name is neve
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -250,11 +251,16 @@ def _copy_then_unlink(src: Path, dst: Path) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # leave no half-written error file behind on a full disk
+        raise
 
 
 def _fsync_dirs(dirs: set[Path]) -> None:

@@ -119,6 +119,13 @@ class Pool:
             state = "error"
             try:
                 state = self._journey(item)
+            except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
+                self._log.error(
+                    "files.move_failed",
+                    file=str(item.pair.audio),
+                    error=f"{exc.strerror or exc} ({exc.filename or item.root})",
+                    fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
+                )
             except Exception:  # a bug must not kill the worker; the pair stays in work/ for recovery
                 self._log.exception("worker.error", file=str(item.pair.audio))
             finally:
