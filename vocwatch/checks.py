@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -11,11 +13,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from vocwatch.cli import EX_UNAVAILABLE, settings_from
-from vocwatch.client import CrescendoClient, JobStatus, build_http
+from vocwatch.client import CrescendoClient, JobStatus, build_http, classify_upload
 from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_key
 from vocwatch.daemon import check_layout
-from vocwatch.model import AuthProblem
+from vocwatch.model import AuthProblem, Rejected
 from vocwatch.reasons import REASONS
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
@@ -23,7 +27,7 @@ Check = tuple[str, Callable[[], tuple[bool, str]]]
 
 def _writable(path: Path) -> tuple[bool, str]:
     if not path.is_dir():
-        return False, f"{path} does not exist; create it (install -d -o vocwatch {path})"
+        return False, f"{path} does not exist; create it (systemd-tmpfiles --create, or install -d -o vocwatch {path})"
     try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".vocwatch-check-"):
             pass
@@ -43,19 +47,24 @@ def _layout(settings: Settings) -> tuple[bool, str]:
 def _ledger(settings: Settings) -> tuple[bool, str]:
     path = settings.ledger.path
     if not path.exists():
-        return _writable(path.parent)[0], f"{path} will be created at first start"
+        ok, detail = _writable(path.parent)
+        return ok, f"{path} will be created at first start" if ok else f"cannot create {path.name}: {detail}"
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        result = db.execute("PRAGMA integrity_check").fetchone()[0]
-        db.close()
+        # A URI, so that mode=ro applies; as_uri() escapes a '?' or '#' in the path.
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+            result = db.execute("PRAGMA integrity_check").fetchone()[0]
     except sqlite3.Error as exc:
         return False, f"{path}: {exc}; restore it from a backup or move it aside"
     return result == "ok", f"{path}: integrity {result}"
 
 
 def _client(settings: Settings) -> CrescendoClient:
+    return _client_on(settings, _http(settings))
+
+
+def _http(settings: Settings) -> httpx.Client:
     api = settings.api
-    http = build_http(
+    return build_http(
         workers=1,
         connect_timeout=api.connect_timeout_seconds,
         read_timeout=30,
@@ -63,19 +72,47 @@ def _client(settings: Settings) -> CrescendoClient:
         trust_env=api.trust_env,
         proxy=api.proxy,
     )
+
+
+def _client_on(settings: Settings, http: httpx.Client) -> CrescendoClient:
+    api = settings.api
     return CrescendoClient(
         http=http, base_url=str(api.base_url), tenant_id=api.tenant_id, key=lambda: resolve_api_key(settings)
     )
 
 
-def _key_accepted(settings: Settings) -> tuple[bool, str]:
-    # A status query for a job that cannot exist: 404 means the key and tenant were accepted.
-    outcome = _client(settings).job_status("vocwatch-check-probe")
+def _key(settings: Settings) -> tuple[bool, str]:
+    if resolve_api_key(settings) is None:
+        return False, f"missing: put it in one of {api_key_sources(settings)}"
+    return True, f"present (looked in {api_key_sources(settings)})"
+
+
+def _key_accepted(settings: Settings, http: httpx.Client, client: CrescendoClient) -> tuple[bool, str]:
+    """POST a body that is no recording to the upload URL: a 400 means key and tenant were accepted.
+
+    A status query cannot tell a wrong tenant from an unknown job (both 404), nor a read-only key.
+    """
+    key = resolve_api_key(settings)
+    if key is None:
+        return False, "no key to try"
+    auth = {"Authorization": f"Bearer {key.get_secret_value()}"}
+    try:
+        response = http.post(client.upload_url, json={}, headers=auth)
+    except httpx.HTTPError as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    outcome = classify_upload(response)
     if isinstance(outcome, AuthProblem):
-        return False, f"refused: {outcome.message}; fix the key or api.tenant_id"
-    if isinstance(outcome, JobStatus) or getattr(outcome, "status", None) == 404:
+        return False, f"refused: HTTP {outcome.status} {outcome.message}; fix the key, api.tenant_id or api.base_url"
+    if isinstance(outcome, Rejected):
         return True, f"key accepted for tenant {settings.api.tenant_id}"
     return False, f"no clear answer: {outcome}"
+
+
+def _scrubbed(text: str, settings: Settings) -> str:
+    # An exception's text (say, an invalid header value) could carry the key: never print it.
+    key = resolve_api_key(settings)
+    secret = key.get_secret_value() if key is not None else ""
+    return text.replace(secret, "[key]") if secret else text
 
 
 def run_checks(args: argparse.Namespace) -> int:
@@ -85,41 +122,33 @@ def run_checks(args: argparse.Namespace) -> int:
         return 0
     settings = settings_from(args)
     f = settings.folders
-    checks: list[Check] = [
-        ("config", lambda: (True, f"{args.config or os.environ.get('VOCWATCH_CONFIG', 'defaults')}"))
-    ]
+    source = args.config or os.environ.get("VOCWATCH_CONFIG") or "defaults (no --config, no VOCWATCH_CONFIG)"
+    checks: list[Check] = [("config", lambda: (True, str(source)))]
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
-        checks.append((f"folders.{name}", lambda p=path: _writable(p)))  # type: ignore[misc]
+        checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
     checks.append(("ledger", lambda: _ledger(settings)))
-    checks.append(
-        (
-            "api key",
-            lambda: (
-                resolve_api_key(settings) is not None,
-                f"present (looked in {api_key_sources(settings)})"
-                if resolve_api_key(settings)
-                else f"missing: put it in one of {api_key_sources(settings)}",
-            ),
-        )
-    )
-    if args.online:
-        checks.append(("api health", lambda: _client(settings).health()))
-        checks.append(("api key accepted", lambda: _key_accepted(settings)))
-    failures = 0
-    for name, run in checks:
-        try:
-            ok, detail = run()
-        except Exception as exc:  # a check must report, never crash the report
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        failures += not ok
-        print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {detail}")
+    checks.append(("api key", lambda: _key(settings)))
+    http = _http(settings)
+    with contextlib.closing(_client_on(settings, http)) as client:
+        if args.online:
+            checks.append(("api health", client.health))
+            checks.append(("api key accepted", lambda: _key_accepted(settings, http, client)))
+        failures = 0
+        for name, run in checks:
+            try:
+                ok, detail = run()
+            except Exception as exc:  # a check must report, never crash the report
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            failures += not ok
+            print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {_scrubbed(detail, settings)}")
     return 0 if failures == 0 else 1
 
 
 def job_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    outcome = _client(settings).job_status(args.job_id)
+    with contextlib.closing(_client(settings)) as client:
+        outcome = client.job_status(args.job_id)
     if isinstance(outcome, JobStatus):
         print(json.dumps(dict(outcome.raw), indent=2))
         return 0

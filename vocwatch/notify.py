@@ -25,9 +25,12 @@ class SdNotifier:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def notify(self, message: str) -> None:
-        # systemd going away must never stop the daemon.
+        # systemd going away (or a full socket buffer) must never stop the daemon.
         with contextlib.suppress(OSError):
             self._sock.sendto(message.encode(), self._address)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def from_environment() -> Notifier:
@@ -41,4 +44,8 @@ def watchdog_interval() -> float | None:
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or (pid and pid != str(os.getpid())):
         return None
-    return int(usec) / 2_000_000
+    try:
+        value = int(usec)
+    except ValueError:
+        return None  # a garbled variable must not keep the daemon from starting
+    return value / 2_000_000 if value > 0 else None

@@ -1,0 +1,128 @@
+"""``vocwatch check``: one line per check, exit 0 only when all pass, and never the key in its output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Spool
+
+Results = dict[str, tuple[str, str]]
+
+
+def check(*args: str, secrets: tuple[str, ...]) -> tuple[int, Results]:
+    """Run ``vocwatch check`` as an operator would (its own process); its lines by name, as (ok or FAIL, detail)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vocwatch", "check", *args], capture_output=True, text=True, timeout=60
+    )
+    for secret in secrets:
+        assert secret not in done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and all(line[:4].strip() in ("ok", "FAIL") for line in lines), done.stdout + done.stderr
+    return done.returncode, {line[6:24].strip(): (line[:4].strip(), line[25:]) for line in lines}
+
+
+@pytest.fixture
+def config(spool: Spool, make_settings: Callable[..., Any], tmp_path: Path) -> Callable[..., str]:
+    """A config for this test's spool with every folder in place; returns its path."""
+
+    def make(**overrides: Any) -> str:
+        for folder in (spool.done, spool.failed, spool.ledger_path.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        make_settings(**overrides)
+        return str(tmp_path / "config.toml")
+
+    return make
+
+
+def test_good_config_passes_every_check(config: Any, api_key: str) -> None:
+    path = config()
+    code, results = check("--config", path, secrets=(api_key,))
+    assert code == 0
+    assert {name: status for name, (status, _) in results.items()} == {
+        "config": "ok",
+        "folders.inbox": "ok",
+        "folders.done": "ok",
+        "folders.failed": "ok",
+        "same filesystem": "ok",
+        "ledger": "ok",
+        "api key": "ok",
+    }
+    assert results["config"][1] == path
+    assert "will be created at first start" in results["ledger"][1]
+    assert "VOCWATCH_API_KEY" in results["api key"][1]
+
+
+def test_missing_folder_fails_with_a_hint(config: Any, spool: Spool, api_key: str) -> None:
+    path = config()
+    spool.done.rmdir()
+    code, results = check("--config", path, secrets=(api_key,))
+    assert code == 1
+    status, detail = results["folders.done"]
+    assert status == "FAIL" and f"{spool.done} does not exist" in detail and "install -d" in detail
+    assert [name for name, (s, _) in results.items() if s == "FAIL"] == ["folders.done"]
+
+
+def test_ledger_that_is_no_database_fails(config: Any, spool: Spool, api_key: str) -> None:
+    path = config()
+    spool.ledger_path.write_bytes(b"not a database, just bytes " * 100)
+    code, results = check("--config", path, secrets=(api_key,))
+    assert code == 1
+    status, detail = results["ledger"]
+    assert status == "FAIL" and "restore it from a backup" in detail
+
+
+def test_missing_key_fails_and_names_where_it_looked(config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = config()
+    monkeypatch.delenv("VOCWATCH_API_KEY")
+    code, results = check("--config", path, "--online", secrets=())
+    assert code == 1
+    assert results["api key"][0] == "FAIL" and "missing: put it in one of VOCWATCH_API_KEY" in results["api key"][1]
+    assert results["api key accepted"] == ("FAIL", "no key to try")
+
+
+def test_online_with_the_right_key(config: Any, api_key: str) -> None:
+    code, results = check("--config", config(), "--online", secrets=(api_key,))
+    assert code == 0
+    assert results["api health"][0] == "ok"
+    assert results["api key accepted"] == ("ok", "key accepted for tenant tenant-test")
+
+
+def test_online_with_a_wrong_key_fails_without_printing_either_key(
+    config: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config()
+    wrong = "wrong-" + api_key[::-1]
+    monkeypatch.setenv("VOCWATCH_API_KEY", wrong)
+    code, results = check("--config", path, "--online", secrets=(api_key, wrong))
+    assert code == 1
+    assert results["api health"][0] == "ok"  # the API is up: it is the key that is refused
+    status, detail = results["api key accepted"]
+    assert status == "FAIL" and detail.startswith("refused: HTTP 401") and "fix the key" in detail
+
+
+def test_online_with_a_wrong_tenant_fails(config: Any, api_key: str) -> None:
+    # A status query would answer 404 for a wrong tenant and for an unknown job alike; the probe must not.
+    code, results = check("--config", config(api__tenant_id="tenant-nobody"), "--online", secrets=(api_key,))
+    assert code == 1
+    status, detail = results["api key accepted"]
+    assert status == "FAIL" and "HTTP 404" in detail and "api.tenant_id" in detail
+
+
+def test_key_from_systemd_credential_is_found_and_accepted(
+    config: Any, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api-key").write_text(api_key + "\n")
+    monkeypatch.delenv("VOCWATCH_API_KEY")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    code, results = check("--config", path, "--online", secrets=(api_key,))
+    assert code == 0, results
+    assert "$CREDENTIALS_DIRECTORY/api-key" in results["api key"][1]
+    assert results["api key accepted"][0] == "ok"
