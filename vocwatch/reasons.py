@@ -15,14 +15,13 @@ REASONS: dict[str, str] = {
     "sidecar_not_json": "The sidecar is not valid UTF-8 JSON. Fix the JSON and drop the pair again.",
     "sidecar_not_object": "The sidecar's JSON is not an object ({...}).",
     "sidecar_too_large": "The sidecar exceeds 64 KiB. Trim the metadata.",
-    "missing_id": "The sidecar has no string \"id\". Add the recording's id.",
+    "missing_id": 'The sidecar has no string "id". Add the recording\'s id.',
     "invalid_id": "The id must be 1-255 letters, digits, '.', '-' or '_' (not '.' or '..').",
     "missing_sidecar": "The recording's sidecar never arrived within watch.pair_timeout_seconds.",
     "missing_recording": "The sidecar's recording never arrived within watch.pair_timeout_seconds.",
-    "ambiguous_sidecar": "One NAME.json could belong to several recordings; name it NAME.mp3.json or "
-    "NAME.wav.json.",
+    "ambiguous_sidecar": "One NAME.json could belong to several recordings; name it NAME.mp3.json or NAME.wav.json.",
     "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
-    "new recording its own id, or set upload.on_conflict = \"upload\".",
+    'new recording its own id, or set upload.on_conflict = "upload".',
     "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
     "gave_up": "Transient errors lasted longer than upload.give_up_after_seconds.",
     "job_failed": "Crescendo accepted the upload but its processing job failed; see the error.",
