@@ -27,10 +27,12 @@ from vocwatch.pipeline import error_document
 from vocwatch.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, closed, closed_no_write, moved
-# (with its source), deleted, folder_gone, changed, and rescan (look at everything again).
+# (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
+# watching ("events" or "poll:<interval>") or not_watching, so that lost events can be told apart.
 Hint = tuple[str, str, str | None]
-# A file a rescan finds that no event announced, though it is older than this, means events were lost.
-UNANNOUNCED_AGE_S = 10.0
+# A file that a rescan finds, that no event announced though it is older than this, means events
+# were lost (for polling: twice the interval, plus time to take the snapshot).
+UNANNOUNCED_AGE_S = 2.0
 CLAIM_RETRY_S = 1.0
 EVENTS_LOST_FIX = (
     "events were lost (inotify queue overflow or watch limit, or a network filesystem); the rescan "
@@ -74,6 +76,7 @@ class Planner:
         self._leftovers: deque[Claimed] = deque()
         self._unreadable: set[str] = set()
         self._rescan_requested = False
+        self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
         self._stop = threading.Event()
         self._log = log or structlog.get_logger("vocwatch.planner")
         self.scans = 0
@@ -102,7 +105,7 @@ class Planner:
             try:
                 now = self._clock.monotonic()
                 if now >= next_scan or self._rescan_requested:
-                    self.rescan(periodic=now >= next_scan and self.scans > 0)
+                    self.rescan(periodic=not self._rescan_requested and self.scans > 0)
                     next_scan = now + self._opts.rescan_s
                 self.step()
                 self.last_progress = self._clock.monotonic()
@@ -134,7 +137,8 @@ class Planner:
         unannounced = 0
         for rel, st in self._walk(self._root):
             seen.add(rel)
-            if periodic and rel not in self._entries and wall - st.st_ctime > UNANNOUNCED_AGE_S:
+            within = self._announce_within
+            if periodic and within is not None and rel not in self._entries and wall - st.st_ctime > within:
                 unannounced += 1
             self._observe(rel, st, now)
         for rel in [r for r in self._entries if r not in seen]:
@@ -182,6 +186,10 @@ class Planner:
         path, event, src = hint
         if event == "rescan":
             self._rescan_requested = True
+            return
+        if event in ("watching", "not_watching"):
+            interval = float(src[5:]) if src is not None and src.startswith("poll:") else 0.0
+            self._announce_within = None if event == "not_watching" else max(UNANNOUNCED_AGE_S, 2 * interval + 1)
             return
         src_rel = self._rel(src) if src is not None else None
         if src_rel is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,9 @@ class Watcher:
         self.kind = "poll" if isinstance(observer, PollingObserverVFS) else "events"
         self.problem = self._reported = None
         self._log.info("watch.started", inbox=str(self._root), observer=self.kind, recursive=self._recursive)
+        self._on_event(
+            str(self._root), "watching", "events" if self.kind == "events" else f"poll:{self._poll_interval}"
+        )
         if self._started_once:
             # Files that came while nothing watched announced themselves to no one.
             self._on_event(str(self._root), "rescan", None)
@@ -148,6 +152,7 @@ class Watcher:
 
     def _down(self, event: str, problem: str, fix: str) -> bool:
         self.problem = problem
+        self._on_event(str(self._root), "not_watching", None)
         if self._reported != problem:  # once per outage: heal() retries every second
             self._reported = problem
             self._log.error(event, problem=problem, fix=fix)
@@ -169,6 +174,9 @@ class Watcher:
             return None
         if not emitters or not all(emitter.is_alive() for emitter in emitters):
             return "the observer stopped watching the inbox"
+        reader = getattr(observer, "_inotify_fd", None)  # watchdog's inotify reader thread, if any
+        if isinstance(reader, threading.Thread) and not reader.is_alive():
+            return "the inotify reader thread died"
         try:
             st = os.stat(self._root)
         except OSError as exc:
@@ -177,6 +185,11 @@ class Watcher:
             return f"inbox {self._root} was replaced by another folder"
         return None
 
+    @property
+    def observer(self) -> BaseObserver | None:
+        """The running watchdog observer, for diagnostics."""
+        return self._observer
+
     def heal(self) -> bool:
         """Restart a dead or stale observer; True when watching afterwards."""
         why = self._diagnose()
@@ -184,6 +197,7 @@ class Watcher:
             return True
         if self._observer is not None:
             self.problem = why
+            self._on_event(str(self._root), "not_watching", None)
             self._log.warning("watch.lost", inbox=str(self._root), problem=why, fix="restarting the observer")
             self.stop()
             self.restarts += 1
