@@ -8,72 +8,27 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import json
 import os
 import secrets
-import socket
 import threading
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import structlog
-from conftest import TENANT, Spool, drop, running, toml_value, wait_for
+from conftest import TENANT, Spool, drop, running, wait_for
+from ingest_support import captured_log, make_socket, put, put_atomic, sidecar, wav_bytes, write_settings
 
-from vocwatch.config import Settings, load_settings
-from vocwatch.logs import configure
-from vocwatch.samples import RATE, pcm_tone, write_mp3
+from vocwatch.samples import write_mp3
 from vocwatch.simulator import SimState, Simulator
 
 Maker = Callable[[Path, Path], bytes | None]
 
 
-def wav_bytes(freq: float, size: int | None = None) -> bytes:
-    """A short, distinct WAV (each case its own tone, so each has its own content hash)."""
-    frames = max(1, (size - 44) // 2) if size else RATE // 4
-    pcm = (pcm_tone(1.0, freq) * (frames // RATE + 1))[: frames * 2]
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(pcm)
-    return buf.getvalue()
-
-
 def mp3_bytes(outside: Path, freq: float) -> bytes:
     return write_mp3(outside / f"tone-{freq}.mp3", 0.25, freq).read_bytes()
-
-
-def put(path: Path, data: bytes) -> None:
-    """Write in place, the way a careless producer does (an open, writes, a close)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data)
-
-
-def put_atomic(path: Path, data: bytes, temp_name: str) -> None:
-    put(path.with_name(temp_name), data)
-    os.rename(path.with_name(temp_name), path)
-
-
-def sidecar(rid: Any, **extra: Any) -> bytes:
-    return json.dumps({"id": rid, "kind": "phonecall", **extra}).encode()
-
-
-def make_socket(path: Path) -> None:
-    # Bound through /proc/self/fd so the path stays under the 108-byte limit of sun_path.
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(f"/proc/self/fd/{folder}/{path.name}")
-    finally:
-        sock.close()
-        os.close(folder)
 
 
 def pair(name: str, audio: bytes, side: bytes, side_name: str | None = None) -> Maker:
@@ -298,25 +253,6 @@ class TableRun:
     spool: Spool
 
 
-def settings_file(spool: Spool, sim: Simulator, path: Path, **overrides: Any) -> Settings:
-    sections: dict[str, dict[str, Any]] = {
-        "api": {"base_url": sim.url, "tenant_id": TENANT},
-        "folders": {"inbox": spool.inbox, "done": spool.done, "failed": spool.failed},
-        "ledger": {"path": spool.ledger_path},
-        "upload": {"workers": 2, "shutdown_grace_seconds": 5, "max_bytes": 100_000},
-        "watch": {"settle_seconds": 0.2, "rescan_seconds": 1, "pair_timeout_seconds": 3},
-        "status": {"poll": False},
-    }
-    for name, value in overrides.items():
-        section, _, key = name.partition("__")
-        sections.setdefault(section, {})[key] = value
-    lines = []
-    for section, keys in sections.items():
-        lines += [f"[{section}]", *(f"{k} = {toml_value(v)}" for k, v in keys.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return load_settings(path)
-
-
 def fate_of(case: Case, spool: Spool, received: list[Any], sent: bytes | None) -> Fate:
     rel = PurePosixPath(case.key)
     error_file = spool.failed / rel.parent / (PurePosixPath(rel.name).stem + ".error.json")
@@ -336,15 +272,20 @@ def table_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TableRun]:
     spool.inbox.mkdir(parents=True)
     outside.mkdir()
     key = "test-" + secrets.token_urlsafe(16)
-    log = io.StringIO()
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env, captured_log() as log:
         env.setenv("VOCWATCH_API_KEY", key)
         for var in ("CRESCENDO_API_KEY", "CREDENTIALS_DIRECTORY", "VOCWATCH_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
             env.delenv(var, raising=False)
         sim = Simulator(SimState(api_key=key, tenant=TENANT, seed=7)).start()
-        configure("debug", "json", stream=log)
         try:
-            settings = settings_file(spool, sim, root / "config.toml")
+            settings = write_settings(
+                spool,
+                sim.url,
+                root / "config.toml",
+                upload__max_bytes=100_000,
+                watch__rescan_seconds=1,
+                watch__pair_timeout_seconds=3,
+            )
             with running(settings) as daemon:
                 sent = {case.id: case.make(spool.inbox, outside) for case in CASES}
                 threading.Event().wait(0.8)  # the producers of the "later" files pause, then go on
@@ -364,10 +305,8 @@ def table_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TableRun]:
                 _try_wait(lambda: daemon.planner.scans >= scans + 2, 10, "two more rescans")
             received = list(sim.state.received)
             fates = {c.id: fate_of(c, spool, received, sent[c.id]) for c in CASES}
-            lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
-            yield TableRun(fates, settled and probe, lines, spool)
+            yield TableRun(fates, settled and probe, log(), spool)
         finally:
-            structlog.reset_defaults()
             sim.stop()
 
 

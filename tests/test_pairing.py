@@ -198,7 +198,7 @@ def test_a_reopen_voids_an_earlier_close() -> None:
 
 def test_close_grace_never_exceeds_the_settle_wait() -> None:
     assert Rules(settle_s=0.2, pair_timeout_s=1).close_grace_s == 0.2
-    assert Rules(settle_s=30, pair_timeout_s=1).close_grace_s == 0.5
+    assert Rules(settle_s=30, pair_timeout_s=1).close_grace_s == 1.0
 
 
 CLASSIFY_TABLE = [

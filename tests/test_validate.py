@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 
 from vocwatch.client import metadata_json
 from vocwatch.model import Problem
-from vocwatch.validate import build_metadata, check_audio, check_recording_id, open_regular, parse_sidecar
+from vocwatch.validate import (
+    build_metadata,
+    check_audio,
+    check_recording_id,
+    open_for_writing,
+    open_regular,
+    parse_sidecar,
+)
 
 WAV_HEAD = b"RIFF\x24\x00\x00\x00WAVEfmt "
 MP3_SYNC = b"\xff\xfb\x90\x64" + b"\x00" * 8
@@ -226,3 +233,37 @@ def test_only_regular_files_are_opened_and_never_through_a_link(
     if isinstance(opened, int):
         os.close(opened)
     assert (opened.code if isinstance(opened, Problem) else None) == reason
+
+
+WRITERS_TABLE: list[tuple[str, str | None, bool | None]] = [
+    ("closed_file", None, False),
+    ("open_for_reading", "rb", False),
+    ("open_for_writing", "r+b", True),
+    ("open_for_appending", "ab", True),
+]
+
+
+@pytest.mark.parametrize(("mode", "expected"), [c[1:] for c in WRITERS_TABLE], ids=[c[0] for c in WRITERS_TABLE])
+def test_the_kernel_tells_whether_a_file_is_still_open_for_writing(
+    tmp_path: Path, mode: str | None, expected: bool | None
+) -> None:
+    path = tmp_path / "call.wav"
+    path.write_bytes(b"RIFF")
+    handle = open(path, mode) if mode else None  # noqa: SIM115 - held open while the kernel is asked
+    try:
+        assert open_for_writing(path) is expected
+    finally:
+        if handle is not None:
+            handle.close()
+    assert open_for_writing(path) is False
+
+
+@pytest.mark.parametrize(("make", "reason"), [c[1:] for c in OPEN_TABLE[1:]], ids=[c[0] for c in OPEN_TABLE[1:]])
+def test_no_writer_answer_for_anything_but_a_regular_file(
+    tmp_path: Path, make: Callable[[Path, Path], None], reason: str | None
+) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "outside").mkdir()
+    path = tmp_path / "inbox" / "call.wav"
+    make(path, tmp_path / "outside")
+    assert open_for_writing(path) is None

@@ -3,23 +3,24 @@
 No I/O and no clock here: callers pass what they observed and ``now``.
 """
 
-# When is a file complete? Only then may it be taken; the planner feeds these rules.
+# When is a file complete? Only then may it be taken; the planner applies these rules.
 #
 # 1. Settled: its signature (size, mtime, inode, ctime) has not changed for ``watch.settle_seconds``.
 #    This works everywhere (polling, network shares, files renamed in from outside the inbox) and
 #    is the only proof against a producer that pauses: settle_seconds must exceed its longest pause.
-# 2. Renamed into place from an ignored name (``.NAME.tmp``, ``NAME.part``, ...): complete at once.
-#    The rename is atomic and the ignored name hid the file from us while it was written.
+# 2. Renamed into place from an ignored name (``.NAME.tmp``, ``NAME.part``, ...): complete at once,
+#    as the rename is atomic and the ignored name hid the file while it was written.
 # 3. Closed after writing (inotify's IN_CLOSE_WRITE): complete ``close_grace`` (the smaller of
-#    settle_seconds and CLOSE_GRACE_S) after the close, but only if all of these hold:
-#    - we saw the file created while watching, so we saw every open of it;
-#    - no handle we saw opened is still open (a close by one of two writers proves nothing);
-#    - no new open came during the grace (a writer that reopens to append is caught here);
-#    - its signature has not changed since the close (any change falls back to rule 1).
-#    A close proves that one writing session ended, not that the file is whole, hence the grace:
-#    a producer that closes and reopens a recording later than that must use the atomic drop.
-# Whatever the rule, the planner looks once more just before claiming, and the pipeline checks the
-# opened file again after hashing and after sending, so a late write puts the pair back to wait.
+#    settle_seconds and CLOSE_GRACE_S) after the close, if it has not changed and was not opened
+#    again meanwhile (a writer that reopens to append shows up within the grace).
+# Rules 2 and 3 only shorten the wait: just before claiming, the planner asks the kernel whether
+# any process still has the file open for writing (a read lease, validate.open_for_writing). If
+# one has, the settle wait applies; if the kernel cannot tell (the file belongs to another user
+# and vocwatch lacks CAP_LEASE, or a network filesystem), a close proves nothing and the settle
+# wait applies, while a rename is still trusted. Counting opens and closes from events would not
+# do: inotify merges identical consecutive events, so two opens by two writers can arrive as one.
+# After claiming, the pipeline checks the opened file again after hashing and after sending, so a
+# late write puts the pair back to wait.
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Literal
 from vocwatch.model import Pair, Problem
 
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
-CLOSE_GRACE_S = 0.5
+CLOSE_GRACE_S = 1.0
 Kind = Literal["audio", "sidecar", "other"]
 Key = tuple[str, str]
 
@@ -42,7 +43,7 @@ class Entry:
     """One observed file in the inbox.
 
     ``stable_since`` is when its signature was first seen unchanged; ``complete_at`` is when a
-    finished writer (rule 2 or 3 above) lets it count as settled, while the signature holds.
+    finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled, while unchanged.
     """
 
     rel: PurePosixPath
@@ -53,6 +54,7 @@ class Entry:
     ino: int = 0
     ctime_ns: int = 0
     complete_at: float | None = None
+    renamed: bool = False
 
     @property
     def signature(self) -> tuple[int, int, int, int]:
@@ -74,10 +76,11 @@ def observe(
     ino: int = 0,
     ctime_ns: int = 0,
     complete_at: float | None = None,
+    renamed: bool = False,
 ) -> Entry:
     """Fold a new observation of ``rel`` (and any proof that its writer finished) into what was known."""
     if previous is None:
-        return Entry(rel, size, mtime_ns, now, now, ino, ctime_ns, complete_at)
+        return Entry(rel, size, mtime_ns, now, now, ino, ctime_ns, complete_at, renamed)
     if previous.signature != (size, mtime_ns, ino, ctime_ns):
         # A change voids every earlier proof of completeness: the settle wait starts again.
         return replace(
@@ -88,15 +91,21 @@ def observe(
             ctime_ns=ctime_ns,
             stable_since=now,
             complete_at=complete_at,
+            renamed=renamed,
         )
     if complete_at is None or (previous.complete_at is not None and previous.complete_at <= complete_at):
         return previous
-    return replace(previous, complete_at=complete_at)
+    return replace(previous, complete_at=complete_at, renamed=renamed)
 
 
 def reopened(entry: Entry) -> Entry:
-    """Someone opened the file again: an earlier close no longer proves it complete."""
-    return entry if entry.complete_at is None else replace(entry, complete_at=None)
+    """The file was opened again, or is still open for writing: only the settle wait can prove it complete."""
+    return entry if entry.complete_at is None else replace(entry, complete_at=None, renamed=False)
+
+
+def taken_early(entry: Entry, now: float, rules: Rules) -> bool:
+    """True when only rule 2 or 3 (not the settle wait) makes this file complete at ``now``."""
+    return entry.stable_since + rules.settle_s > now
 
 
 def is_ignored(name: str, patterns: Iterable[str]) -> bool:

@@ -25,6 +25,7 @@ from vocwatch.model import Clock, Pair
 from vocwatch.pairing import Entry, Key, Rules, printable
 from vocwatch.pipeline import error_document
 from vocwatch.pool import Pool
+from vocwatch.validate import open_for_writing
 
 # What the watcher reports (see watcher.py): created, opened, closed, closed_no_write, moved
 # (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
@@ -49,14 +50,6 @@ class ScanOptions:
     rescan_s: float
 
 
-@dataclass(slots=True)
-class _Handles:
-    """Opens and closes seen for a file whose creation we saw (pairing.py, rule 3)."""
-
-    open: int = 0
-    wrote: bool = False
-
-
 class Planner:
     def __init__(self, *, folders: Folders, pool: Pool, clock: Clock, options: ScanOptions, log: Any = None) -> None:
         self._folders = folders
@@ -66,7 +59,6 @@ class Planner:
         self._root = folders.inbox
         self._hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
         self._entries: dict[PurePosixPath, Entry] = {}
-        self._handles: dict[PurePosixPath, _Handles] = {}
         self._groups: dict[Key, set[PurePosixPath]] = {}
         self._dirty: set[Key] = set()
         self._deadlines: list[tuple[float, Key]] = []
@@ -215,29 +207,18 @@ class Planner:
             return
         if len(rel.parts) > 1 and not self._opts.recursive:
             return
-        renamed_from_hiding = event == "moved" and src_rel is not None and self._ignored(src_rel)
-        self._observe(rel, st, now, complete_at=now if renamed_from_hiding else self._handle(rel, event, now))
-
-    def _handle(self, rel: PurePosixPath, event: str, now: float) -> float | None:
-        """Count opens and closes (pairing.py, rule 3); return when a finished writer makes it complete."""
-        if event == "created":
-            self._handles[rel] = _Handles()
-            return None
-        track = self._handles.get(rel)
-        if event == "opened":
-            if track is not None:
-                track.open += 1
+        if event == "opened":  # a reopen voids an earlier close (pairing.py, rule 3)
             entry = self._entries.get(rel)
             if entry is not None and entry.complete_at is not None:
                 self._entries[rel] = pairing.reopened(entry)
                 self._dirty.add(pairing.group_key(rel))
-            return None
-        if event in ("closed", "closed_no_write") and track is not None:
-            track.open = max(0, track.open - 1)
-            track.wrote = track.wrote or event == "closed"
-            if track.open == 0 and track.wrote:
-                return now + self._opts.rules.close_grace_s
-        return None
+            return
+        if event == "moved" and src_rel is not None and self._ignored(src_rel):
+            self._observe(rel, st, now, complete_at=now, renamed=True)  # rule 2
+        elif event == "closed":
+            self._observe(rel, st, now, complete_at=now + self._opts.rules.close_grace_s)  # rule 3
+        else:
+            self._observe(rel, st, now)
 
     def _rel(self, path: str) -> PurePosixPath | None:
         try:
@@ -278,7 +259,14 @@ class Planner:
                     continue
                 yield rel, st
 
-    def _observe(self, rel: PurePosixPath, st: os.stat_result, now: float, complete_at: float | None = None) -> None:
+    def _observe(
+        self,
+        rel: PurePosixPath,
+        st: os.stat_result,
+        now: float,
+        complete_at: float | None = None,
+        renamed: bool = False,
+    ) -> None:
         before = self._entries.get(rel)
         entry = pairing.observe(
             before,
@@ -289,6 +277,7 @@ class Planner:
             ino=st.st_ino,
             ctime_ns=st.st_ctime_ns,
             complete_at=complete_at,
+            renamed=renamed,
         )
         if entry is before:
             return
@@ -298,7 +287,6 @@ class Planner:
         self._dirty.add(key)
 
     def _forget(self, rel: PurePosixPath) -> None:
-        self._handles.pop(rel, None)
         if self._entries.pop(rel, None) is None:
             return
         key = pairing.group_key(rel)
@@ -316,8 +304,6 @@ class Planner:
             return
         for r in [r for r in self._entries if rel in r.parents]:
             self._forget(r)
-        for r in [r for r in self._handles if rel in r.parents]:
-            del self._handles[r]
 
     def _schedule(self, key: Key, at: float) -> None:
         if key not in self._scheduled or at < self._scheduled[key]:
@@ -341,10 +327,28 @@ class Planner:
             same = same and self._entries.get(rel) is before
         return same
 
+    def _still_written(self, rels: Iterable[PurePosixPath]) -> bool:
+        """For files taken before their settle wait: does a process still hold one open for writing?"""
+        now = self._clock.monotonic()
+        for rel in rels:
+            entry = self._entries[rel]
+            if not pairing.taken_early(entry, now, self._opts.rules):
+                continue
+            writing = open_for_writing(self._root / rel)
+            if writing or (writing is None and not entry.renamed):  # pairing.py: a close alone proves nothing
+                self._entries[rel] = pairing.reopened(entry)
+                self._dirty.add(pairing.group_key(rel))
+                self._log.debug("claim.deferred", file=printable(str(rel)), open_for_writing=writing)
+                return True
+        return False
+
     def _claim(self, pair: Pair) -> None:
         rels = [p for p in (pair.audio, pair.sidecar) if p is not None]
-        if not self._unchanged(rels):
+        if not self._unchanged(rels) or self._still_written(rels):
             return
+        now = self._clock.monotonic()
+        if any(self._entries[rel].settled_at(self._opts.rules) > now for rel in rels):
+            return  # reopened since it was found ready: the re-plan decides again
         key = pairing.group_key(pair.audio)
         try:
             claimed = self._folders.claim(pair)

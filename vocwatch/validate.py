@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -112,6 +113,31 @@ def open_regular(path: Path) -> int | Problem:
         os.close(fd)
         return Problem("unreadable", f"{path.name} could not be read: {exc.strerror}")
     return fd
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether any process has ``path`` open for writing; None when the kernel will not say.
+
+    A read lease is refused (EAGAIN) exactly while the file is open for writing somewhere.
+    """
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.fcntl(fd, set_lease, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
+    except OSError as exc:
+        # EACCES: not the file's owner and no CAP_LEASE; EINVAL, ENOLCK: a filesystem without leases.
+        return True if exc.errno == errno.EAGAIN else None
+    finally:
+        os.close(fd)
+    return False
 
 
 def _describe(path: Path) -> str:
