@@ -20,7 +20,6 @@ from conftest import TENANT, Spool
 
 from vocwatch.config import Settings, load_settings
 from vocwatch.logs import configure
-from vocwatch.notify import SdNotifier
 from vocwatch.samples import RATE, pcm_tone
 
 
@@ -126,8 +125,8 @@ def captured_log() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 
 @contextmanager
-def notify_socket() -> Iterator[tuple[SdNotifier, Callable[[], list[str]]]]:
-    """A real sd_notify socket (abstract namespace) and what the daemon has sent to it so far."""
+def notify_socket() -> Iterator[tuple[str, Callable[[], list[str]]]]:
+    """A real sd_notify socket: its $NOTIFY_SOCKET address, and what has been sent to it so far."""
     name = "vocwatch-test-" + secrets.token_hex(8)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name)
@@ -142,6 +141,6 @@ def notify_socket() -> Iterator[tuple[SdNotifier, Callable[[], list[str]]]]:
                 return received
 
     try:
-        yield SdNotifier("@" + name), messages
+        yield "@" + name, messages
     finally:
         sock.close()

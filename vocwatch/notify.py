@@ -29,6 +29,9 @@ class SdNotifier:
         except OSError:
             pass  # systemd going away must never stop the daemon
 
+    def close(self) -> None:
+        self._sock.close()
+
 
 def from_environment() -> Notifier:
     address = os.environ.get("NOTIFY_SOCKET")

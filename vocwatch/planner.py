@@ -33,7 +33,7 @@ from vocwatch.validate import open_for_writing
 Hint = tuple[str, str, str | None]
 # A file that a rescan finds, that no event announced though it is older than this, means events
 # were lost (for polling: twice the interval, plus time to take the snapshot).
-UNANNOUNCED_AGE_S = 2.0
+UNANNOUNCED_AGE_S = 1.0
 CLAIM_RETRY_S = 1.0
 EVENTS_LOST_FIX = (
     "events were lost (inotify queue overflow or watch limit, or a network filesystem); the rescan "
