@@ -79,6 +79,13 @@ def symlinked_sidecar(inbox: Path, outside: Path) -> bytes:
     return audio
 
 
+def fifo_sidecar(inbox: Path, outside: Path) -> bytes:
+    audio = wav_bytes(548)
+    put(inbox / "c48.wav", audio)
+    os.mkfifo(inbox / "c48.json")
+    return audio
+
+
 def ambiguous(inbox: Path, outside: Path) -> None:
     put(inbox / "c43.mp3", mp3_bytes(outside, 543))
     put(inbox / "c43.wav", wav_bytes(543))
@@ -205,6 +212,8 @@ CASES = [
         "not_regular_file",
         "c40.wav",
     ),
+    Case("sidecar_is_a_fifo", fifo_sidecar, "not_regular_file", "c48.wav"),
+    Case("lone_fifo_named_like_a_recording", lambda i, o: os.mkfifo(i / "c49.wav"), "missing_sidecar", "c49.wav"),
     Case(
         "symlink_to_etc_shadow",
         with_sidecar("c47.wav", lambda p, o: p.symlink_to("/etc/shadow"), "c47"),

@@ -205,14 +205,14 @@ def _namespaces_work() -> bool:
 
 @pytest.fixture
 def limited_daemon(spool: Spool, sim: Simulator, api_key: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Run ``vocwatch run`` where only ``watches`` inotify watches may exist; returns its log lines."""
+    """Run ``vocwatch run`` with an inotify limit (watches or instances) lowered; returns its log lines."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(watches: int, notify: str, **overrides: Any) -> Callable[[], list[dict[str, Any]]]:
+    def start(limit: str, value: int, notify: str, **overrides: Any) -> Callable[[], list[dict[str, Any]]]:
         config = tmp_path / "limited.toml"
         write_settings(spool, sim.url, config, watch__settle_seconds=0.2, **overrides)
         log_path = tmp_path / "daemon.log"
-        script = f'echo {watches} > /proc/sys/user/max_inotify_watches && exec "$0" -m vocwatch run --config "$1"'
+        script = f'echo {value} > /proc/sys/user/max_inotify_{limit} && exec "$0" -m vocwatch run --config "$1"'
         env = {**os.environ, "NOTIFY_SOCKET": notify}
         with open(log_path, "wb") as log_file:
             procs.append(
@@ -242,12 +242,16 @@ needs_namespaces = pytest.mark.skipif(not _namespaces_work(), reason="needs unpr
 
 
 @needs_namespaces
-@pytest.mark.parametrize("mode", ["auto", "inotify"])
-def test_inotify_watch_limit_is_logged_with_the_fix_and_files_still_flow(
-    spool: Spool, limited_daemon: Callable[..., Any], mode: str
+@pytest.mark.parametrize(
+    ("limit", "mode"),
+    [("watches", "auto"), ("instances", "auto"), ("watches", "inotify")],
+    ids=["watches_auto", "instances_auto", "watches_inotify_only"],
+)
+def test_inotify_limit_is_logged_with_the_fix_and_files_still_flow(
+    spool: Spool, limited_daemon: Callable[..., Any], limit: str, mode: str
 ) -> None:
     with notify_socket() as (address, messages):
-        lines = limited_daemon(0, address, watch__mode=mode, watch__rescan_seconds=0.5)
+        lines = limited_daemon(limit, 0, address, watch__mode=mode, watch__rescan_seconds=0.5)
         [limit] = [line for line in lines() if line["event"] == "watch.inotify_limit"]
         assert "max_user_watches" in limit["fix"] and 'watch.mode = "poll"' in limit["fix"]
         drop(spool.inbox, "limited.wav", "limited")
@@ -256,7 +260,7 @@ def test_inotify_watch_limit_is_logged_with_the_fix_and_files_still_flow(
             assert any(line["event"] == "watch.started" and line["observer"] == "poll" for line in lines())
             wait_for(lambda: any(m.startswith("WATCHDOG=1\nSTATUS=ok") for m in messages()), what="healthy")
         else:  # only the rescan takes files: unhealthy, and says why
-            wait_for(_unhealthy(messages, "inotify watch limit reached"), what="unhealthy STATUS")
+            wait_for(_unhealthy(messages, "limit reached"), what="unhealthy STATUS")
 
 
 @needs_namespaces
@@ -264,7 +268,7 @@ def test_files_in_a_folder_beyond_the_watch_limit_are_taken_by_the_rescan_and_re
     spool: Spool, limited_daemon: Callable[..., Any]
 ) -> None:
     with notify_socket() as (address, _):
-        lines = limited_daemon(1, address, watch__rescan_seconds=3)
+        lines = limited_daemon("watches", 1, address, watch__rescan_seconds=3)
         (spool.inbox / "2026").mkdir()  # the one watch allowed is the inbox's: this folder gets none
         threading.Event().wait(0.3)  # the producer writes into the folder a moment after making it
         drop(spool.inbox, "2026/unwatched.wav", "unwatched")
