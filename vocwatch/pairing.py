@@ -40,10 +40,8 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One observed file in the inbox.
-
-    ``stable_since`` is when its signature was first seen unchanged; ``complete_at`` is when a
-    finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled, while unchanged.
+    """One observed file: ``stable_since`` is when its signature was first seen unchanged, ``complete_at``
+    when a finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled while unchanged.
     """
 
     rel: PurePosixPath
@@ -113,10 +111,8 @@ def is_ignored(name: str, patterns: Iterable[str]) -> bool:
 
 
 def classify(name: str) -> tuple[Kind, str]:
-    """Return the kind of a file name and its pair key (the stem a partner must share).
-
-    ``call.mp3`` and ``call.json`` share the key ``call``; ``call.mp3.json`` pairs with
-    ``call.mp3`` only. Extensions are matched case-insensitively.
+    """The kind of a file name and its pair key: ``call.mp3`` and ``call.json`` share ``call``;
+    ``call.mp3.json`` pairs with ``call.mp3`` only. Extensions match case-insensitively.
     """
     path = PurePosixPath(name)
     suffix = path.suffix.lower()

@@ -90,7 +90,6 @@ def _is_mpeg_sync(head: bytes) -> bool:
 
 def open_regular(path: Path) -> int | Problem:
     """Open ``path`` for reading without following a link; refuse anything but a regular file.
-
     The check is made on the opened descriptor, so a file swapped after a stat is still caught.
     """
     # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below, unread.
@@ -105,20 +104,19 @@ def open_regular(path: Path) -> int | Problem:
         return Problem("unreadable", f"{path.name} could not be opened: {exc.strerror}")
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            return Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
-        os.set_blocking(fd, True)
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return fd
+        problem = Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
     except OSError as exc:
-        os.close(fd)
-        return Problem("unreadable", f"{path.name} could not be read: {exc.strerror}")
-    return fd
+        problem = Problem("unreadable", f"{path.name} could not be read: {exc.strerror}")
+    os.close(fd)
+    return problem
 
 
 def open_for_writing(path: Path) -> bool | None:
-    """Whether any process has ``path`` open for writing; None when the kernel will not say.
-
-    A read lease is refused (EAGAIN) exactly while the file is open for writing somewhere.
+    """Whether any process has ``path`` open for writing, or None when the kernel will not say:
+    a read lease is refused (EAGAIN) exactly while the file is open for writing somewhere.
     """
     set_lease = getattr(fcntl, "F_SETLEASE", None)
     if set_lease is None:
