@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vocwatch.config import DEFAULT_IGNORE
@@ -253,6 +253,7 @@ stems = st.text(_NAME_CHARS, min_size=1, max_size=40).filter(
 audio_exts = st.sampled_from([".wav", ".mp3", ".WAV", ".Mp3"])
 
 
+@settings(deadline=None)
 @given(stem=stems, ext=audio_exts, exact=st.booleans(), reverse=st.booleans())
 def test_any_stem_pairs_with_either_sidecar_form(stem: str, ext: str, exact: bool, reverse: bool) -> None:
     audio, sidecar = stem + ext, stem + (ext if exact else "") + ".json"
@@ -262,6 +263,7 @@ def test_any_stem_pairs_with_either_sidecar_form(stem: str, ext: str, exact: boo
     assert not decided.expired and not decided.waiting
 
 
+@settings(deadline=None)
 @given(stem=stems, ext=audio_exts)
 def test_a_recording_is_never_taken_before_it_settles(stem: str, ext: str) -> None:
     entries = [entry(stem + ext, 1.0), entry(stem + ".json")]
@@ -272,6 +274,7 @@ def test_a_recording_is_never_taken_before_it_settles(stem: str, ext: str) -> No
 raw_names = st.binary(min_size=1, max_size=30).filter(lambda b: b"/" not in b and b"\x00" not in b)
 
 
+@settings(deadline=None)
 @given(raw=raw_names, ext=audio_exts)
 def test_names_from_any_bytes_are_planned_without_error_and_never_sent_unless_text(raw: bytes, ext: str) -> None:
     name = os.fsdecode(raw) + ext
@@ -285,6 +288,7 @@ def test_names_from_any_bytes_are_planned_without_error_and_never_sent_unless_te
         expired.problem.message.encode("utf-8")  # the error file can always be written
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=60))
 def test_printable_makes_any_file_name_valid_utf8_and_keeps_text(raw: bytes) -> None:
     name = os.fsdecode(raw)
@@ -296,6 +300,7 @@ def test_printable_makes_any_file_name_valid_utf8_and_keeps_text(raw: bytes) -> 
         assert "\\x" in shown
 
 
+@settings(deadline=None)
 @given(st.text())
 def test_printable_never_fails_on_any_string(text: str) -> None:
     printable(text).encode("utf-8")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vocwatch.client import metadata_json
@@ -115,18 +115,21 @@ json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4)
 defaults = st.dictionaries(st.text(max_size=8), st.text(max_size=8) | st.integers() | st.booleans(), max_size=5)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=300))
 def test_an_id_is_accepted_exactly_when_it_follows_the_rule(value: str) -> None:
     expected_ok = bool(ID_RULE.fullmatch(value)) and value not in {".", ".."}
     assert (check_recording_id(value) is None) == expected_ok
 
 
+@settings(deadline=None)
 @given(st.one_of(st.integers(), st.none(), st.lists(st.text()), st.floats(), st.booleans()))
 def test_an_id_that_is_not_a_string_is_missing(value: Any) -> None:
     problem = check_recording_id(value)
     assert problem is not None and problem.code == "missing_id"
 
 
+@settings(deadline=None)
 @given(rid=valid_ids, extra=st.dictionaries(st.text(), json_values, max_size=5), bom=st.booleans())
 def test_any_json_object_with_a_valid_id_is_read_back_as_written(rid: str, extra: dict[str, Any], bom: bool) -> None:
     body = {**extra, "id": rid}
@@ -139,6 +142,7 @@ def test_any_json_object_with_a_valid_id_is_read_back_as_written(rid: str, extra
     assert json.loads(metadata_json(parsed).encode("utf-8")) == body
 
 
+@settings(deadline=None)
 @given(rid=valid_ids, sidecar=st.dictionaries(st.text(max_size=8), json_values, max_size=5), defs=defaults)
 def test_defaults_fill_in_but_never_override_the_sidecar(
     rid: str, sidecar: dict[str, Any], defs: dict[str, Any]
@@ -150,6 +154,7 @@ def test_defaults_fill_in_but_never_override_the_sidecar(
     assert {k: v for k, v in metadata.items() if k not in own} == {k: v for k, v in defs.items() if k not in own}
 
 
+@settings(deadline=None)
 @given(stem=st.text(max_size=60), defs=defaults)
 def test_a_lone_recording_is_named_by_its_stem_which_must_be_a_valid_id(stem: str, defs: dict[str, Any]) -> None:
     metadata = build_metadata(None, stem, defs)
