@@ -278,6 +278,8 @@ class Daemon:
         counts = p.stats.snapshot()
         gate = p.gate.state()
         state = "auth paused" if gate.auth_paused else ("backing off" if gate.open else "ok")
+        if self.watcher.problem:  # say why nothing new is taken, not "ok"
+            state = f"watcher down: {self.watcher.problem}" + ("" if state == "ok" else f", {state}")
         return (
             f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"

@@ -3,6 +3,25 @@
 No I/O and no clock here: callers pass what they observed and ``now``.
 """
 
+# When is a file complete? Only then may it be taken; the planner applies these rules.
+#
+# 1. Settled: its signature (size, mtime, inode, ctime) has not changed for ``watch.settle_seconds``.
+#    This works everywhere (polling, network shares, files renamed in from outside the inbox) and
+#    is the only proof against a producer that pauses: settle_seconds must exceed its longest pause.
+# 2. Renamed into place from an ignored name (``.NAME.tmp``, ``NAME.part``, ...): complete at once,
+#    as the rename is atomic and the ignored name hid the file while it was written.
+# 3. Closed after writing (inotify's IN_CLOSE_WRITE): complete ``close_grace`` (the smaller of
+#    settle_seconds and CLOSE_GRACE_S) after the close, if it has not changed and was not opened
+#    again meanwhile (a writer that reopens to append shows up within the grace).
+# Rules 2 and 3 only shorten the wait: just before claiming, the planner asks the kernel whether
+# any process still has the file open for writing (a read lease, validate.open_for_writing). If
+# one has, the settle wait applies; if the kernel cannot tell (the file belongs to another user
+# and vocwatch lacks CAP_LEASE, or a network filesystem), a close proves nothing and the settle
+# wait applies, while a rename is still trusted. Counting opens and closes from events would not
+# do: inotify merges identical consecutive events, so two opens by two writers can arrive as one.
+# After claiming, the pipeline checks the opened file again after hashing and after sending, so a
+# late write puts the pair back to wait.
+
 from __future__ import annotations
 
 import fnmatch
@@ -14,15 +33,15 @@ from typing import Literal
 from vocwatch.model import Pair, Problem
 
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
+CLOSE_GRACE_S = 1.0
 Kind = Literal["audio", "sidecar", "other"]
+Key = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One observed file in the inbox.
-
-    ``stable_since`` is when its (size, mtime) signature was first seen unchanged;
-    ``first_seen`` is when the name was first seen at all (for the pair timeout).
+    """One observed file: ``stable_since`` is when its signature was first seen unchanged, ``complete_at``
+    when a finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled while unchanged.
     """
 
     rel: PurePosixPath
@@ -30,19 +49,61 @@ class Entry:
     mtime_ns: int
     first_seen: float
     stable_since: float
+    ino: int = 0
+    ctime_ns: int = 0
+    complete_at: float | None = None
+    renamed: bool = False
 
     @property
-    def signature(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    def signature(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ino, self.ctime_ns)
+
+    def settled_at(self, rules: Rules) -> float:
+        """When this file counts as complete, if it does not change before then."""
+        at = self.stable_since + rules.settle_s
+        return at if self.complete_at is None else min(at, self.complete_at)
 
 
-def observe(previous: Entry | None, rel: PurePosixPath, size: int, mtime_ns: int, now: float) -> Entry:
-    """Fold a new observation of ``rel`` into what was known of it."""
+def observe(
+    previous: Entry | None,
+    rel: PurePosixPath,
+    size: int,
+    mtime_ns: int,
+    now: float,
+    *,
+    ino: int = 0,
+    ctime_ns: int = 0,
+    complete_at: float | None = None,
+    renamed: bool = False,
+) -> Entry:
+    """Fold a new observation of ``rel`` (and any proof that its writer finished) into what was known."""
     if previous is None:
-        return Entry(rel, size, mtime_ns, first_seen=now, stable_since=now)
-    if previous.signature == (size, mtime_ns):
+        return Entry(rel, size, mtime_ns, now, now, ino, ctime_ns, complete_at, renamed)
+    if previous.signature != (size, mtime_ns, ino, ctime_ns):
+        # A change voids every earlier proof of completeness: the settle wait starts again.
+        return replace(
+            previous,
+            size=size,
+            mtime_ns=mtime_ns,
+            ino=ino,
+            ctime_ns=ctime_ns,
+            stable_since=now,
+            complete_at=complete_at,
+            renamed=renamed,
+        )
+    if complete_at is None or (previous.complete_at is not None and previous.complete_at <= complete_at):
         return previous
-    return replace(previous, size=size, mtime_ns=mtime_ns, stable_since=now)
+    return replace(previous, complete_at=complete_at, renamed=renamed)
+
+
+def reopened(entry: Entry) -> Entry:
+    """The file was opened again, or is still open for writing: only the settle wait can prove it complete."""
+    return entry if entry.complete_at is None else replace(entry, complete_at=None, renamed=False)
+
+
+def taken_early(entry: Entry, now: float, rules: Rules) -> bool:
+    """True when only rule 2 or 3 (not the settle wait) makes this file complete at ``now``."""
+    return entry.stable_since + rules.settle_s > now
 
 
 def is_ignored(name: str, patterns: Iterable[str]) -> bool:
@@ -50,10 +111,8 @@ def is_ignored(name: str, patterns: Iterable[str]) -> bool:
 
 
 def classify(name: str) -> tuple[Kind, str]:
-    """Return the kind of a file name and its pair key (the stem a partner must share).
-
-    ``call.mp3`` and ``call.json`` share the key ``call``; ``call.mp3.json`` pairs with
-    ``call.mp3`` only. Extensions are matched case-insensitively.
+    """The kind of a file name and its pair key: ``call.mp3`` and ``call.json`` share ``call``;
+    ``call.mp3.json`` pairs with ``call.mp3`` only. Extensions match case-insensitively.
     """
     path = PurePosixPath(name)
     suffix = path.suffix.lower()
@@ -65,6 +124,31 @@ def classify(name: str) -> tuple[Kind, str]:
     if suffix in AUDIO_EXTENSIONS:
         return "audio", path.stem
     return "other", path.stem if suffix else name
+
+
+def is_text(text: str) -> bool:
+    """True when ``text`` is valid Unicode (a name decoded from bytes that were not UTF-8 is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` made valid UTF-8 for JSON, logs and the ledger: undecodable bytes become ``\\xNN``."""
+    if is_text(text):
+        return text
+    return "".join(_escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that os.fsdecode could not decode (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return char
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +163,12 @@ class Expired:
 class Plan:
     ready: list[Pair] = field(default_factory=list)
     expired: list[Expired] = field(default_factory=list)
-    # Keys (folder, stem) still waiting, and the earliest time any of them could change state.
-    waiting: list[tuple[str, str]] = field(default_factory=list)
-    next_check: float | None = None
+    # Groups still waiting, each with the earliest time it could change state.
+    waiting: dict[Key, float] = field(default_factory=dict)
+
+    @property
+    def next_check(self) -> float | None:
+        return min(self.waiting.values()) if self.waiting else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,96 +177,129 @@ class Rules:
     pair_timeout_s: float
     require_sidecar: bool = True
 
+    @property
+    def close_grace_s(self) -> float:
+        return min(self.settle_s, CLOSE_GRACE_S)
 
-def group_key(rel: PurePosixPath) -> tuple[str, str]:
+
+def group_key(rel: PurePosixPath) -> Key:
     return (str(rel.parent), classify(rel.name)[1])
 
 
 def plan(entries: Sequence[Entry], now: float, rules: Rules) -> Plan:
     """Decide, for the entries of some pair groups, which pairs are ready, waiting or expired."""
-    groups: dict[tuple[str, str], list[Entry]] = {}
+    groups: dict[Key, list[Entry]] = {}
     for entry in entries:
         groups.setdefault(group_key(entry.rel), []).append(entry)
     result = Plan()
-    deadlines: list[float] = []
     for key, members in groups.items():
         deadline = _plan_group(members, now, rules, result)
         if deadline is not None:
-            result.waiting.append(key)
-            deadlines.append(deadline)
-    return replace(result, next_check=min(deadlines) if deadlines else None)
+            result.waiting[key] = deadline
+    return result
+
+
+def _kind(entry: Entry) -> Kind:
+    return classify(entry.rel.name)[0]
 
 
 def _plan_group(members: list[Entry], now: float, rules: Rules, out: Plan) -> float | None:
     """Append this group's ready or expired pairs to ``out``; return its next deadline if waiting."""
-    audio = [e for e in members if classify(e.rel.name)[0] == "audio"]
-    others = [e for e in members if classify(e.rel.name)[0] == "other"]
-    sidecars = [e for e in members if classify(e.rel.name)[0] == "sidecar"]
-    # Files that are neither audio nor JSON pair only so that their sidecar can fail with a reason.
-    candidates = audio + others
-    pairs: list[tuple[Entry | None, Entry | None]] = []
-    used: set[PurePosixPath] = set()
-    for side in sidecars:
-        exact = [c for c in candidates if side.rel.stem == c.rel.name]
-        loose = [c for c in candidates if side.rel.stem == c.rel.stem]
-        match = exact or loose
-        if len(match) > 1:
-            names = " or ".join(sorted(m.rel.name for m in match))
-            out.expired.append(
-                Expired(
-                    (side.rel, *sorted(m.rel for m in match)),
-                    Problem(
-                        "ambiguous_sidecar",
-                        f"{side.rel.name} could belong to {names}; name it after one recording, "
-                        f"e.g. {match[0].rel.name}.json",
-                    ),
-                )
-            )
-            used.update(m.rel for m in match)
-            used.add(side.rel)
-            continue
-        pairs.append((match[0] if match else None, side))
-        if match:
-            used.add(match[0].rel)
-    pairs.extend((c, None) for c in candidates if c.rel not in used)
+    members = sorted(members, key=lambda e: (_kind(e) == "sidecar", str(e.rel)))
+    if not all(is_text(str(e.rel)) for e in members):
+        return _plan_bad_names(members, now, rules, out)
+    pairs, ambiguous = _match(members)
     deadlines: list[float] = []
-    for rec, sidecar in pairs:
-        present: list[Entry] = [e for e in (rec, sidecar) if e is not None]
-        settled_at = max(e.stable_since for e in present) + rules.settle_s
-        if rec is not None and sidecar is not None:
+    for files, problem in ambiguous:
+        settled_at = max(e.settled_at(rules) for e in files)
+        if settled_at <= now:
+            out.expired.append(Expired(tuple(e.rel for e in files), problem))
+        else:
+            deadlines.append(settled_at)
+    for rec, side in pairs:
+        present = [e for e in (rec, side) if e is not None]
+        settled_at = max(e.settled_at(rules) for e in present)
+        alone_ok = rec is not None and not rules.require_sidecar and _kind(rec) == "audio"
+        if (rec is not None and side is not None) or alone_ok:
             if settled_at <= now:
-                out.ready.append(Pair(rec.rel, sidecar.rel))
+                out.ready.append(Pair(present[0].rel, side.rel if side is not None else None))
             else:
                 deadlines.append(settled_at)
             continue
-        if rec is not None and not rules.require_sidecar and classify(rec.rel.name)[0] == "audio":
-            if settled_at <= now:
-                out.ready.append(Pair(rec.rel, None))
-            else:
-                deadlines.append(settled_at)
-            continue
-        lone = present[0]
-        if rec is not None and classify(rec.rel.name)[0] == "other":
+        if rec is not None and _kind(rec) == "other":
             continue  # an unrelated file with no sidecar is none of our business
-        expires_at = lone.first_seen + rules.pair_timeout_s
+        # The timeout runs from when the file was complete: a long recording written in real time
+        # must not time out while it is still being written.
+        expires_at = settled_at + rules.pair_timeout_s
         if expires_at <= now:
-            out.expired.append(Expired((lone.rel,), _orphan_problem(lone.rel, rules)))
+            out.expired.append(Expired((present[0].rel,), _orphan_problem(present[0].rel, rules)))
         else:
             deadlines.append(expires_at)
     return min(deadlines) if deadlines else None
 
 
+def _match(members: list[Entry]) -> tuple[list[tuple[Entry | None, Entry | None]], list[tuple[list[Entry], Problem]]]:
+    """Pair sidecars with recordings: ``NAME.mp3.json`` names one, ``NAME.json`` any with that stem."""
+    candidates = [e for e in members if _kind(e) != "sidecar"]
+    sidecars = [e for e in members if _kind(e) == "sidecar"]
+    # The exact form claims its recording first, so NAME.json can never steal it.
+    sidecars.sort(key=lambda s: PurePosixPath(s.rel.stem).suffix.lower() not in AUDIO_EXTENSIONS)
+    pairs: list[tuple[Entry | None, Entry | None]] = []
+    ambiguous: list[tuple[list[Entry], Problem]] = []
+    used: set[PurePosixPath] = set()
+    for side in sidecars:
+        inner = PurePosixPath(side.rel.stem)
+        if inner.suffix.lower() in AUDIO_EXTENSIONS:
+            match = [c for c in candidates if _same_name(c.rel, inner)]
+        else:
+            match = [c for c in candidates if c.rel.stem == side.rel.stem and c.rel not in used]
+        if len(match) > 1:
+            names = " or ".join(m.rel.name for m in match)
+            problem = Problem(
+                "ambiguous_sidecar",
+                f"{side.rel.name} could belong to {names}; name it after one recording, e.g. {match[0].rel.name}.json",
+            )
+            ambiguous.append(([*match, side], problem))
+            used.update(m.rel for m in match)
+            continue
+        pairs.append((match[0] if match else None, side))
+        used.update(m.rel for m in match)
+    pairs.extend((c, None) for c in candidates if c.rel not in used)
+    return pairs, ambiguous
+
+
+def _same_name(rel: PurePosixPath, named: PurePosixPath) -> bool:
+    return rel.stem == named.stem and rel.suffix.lower() == named.suffix.lower()
+
+
+def _plan_bad_names(members: list[Entry], now: float, rules: Rules, out: Plan) -> float | None:
+    """A group whose names are not valid UTF-8 fails as a whole, once its files are complete."""
+    if all(_kind(e) == "other" for e in members):
+        return None
+    settled_at = max(e.settled_at(rules) for e in members)
+    if settled_at > now:
+        return settled_at
+    bad = next(e.rel for e in members if not is_text(str(e.rel)))
+    problem = Problem(
+        "invalid_name",
+        f"{printable(str(bad))}: the name is not valid UTF-8 and cannot be sent or recorded; "
+        "rename it (e.g. convmv -f latin1 -t utf8) and drop it again",
+    )
+    out.expired.append(Expired(tuple(e.rel for e in members), problem))
+    return None
+
+
 def _orphan_problem(rel: PurePosixPath, rules: Rules) -> Problem:
-    minutes = f"{rules.pair_timeout_s:g} s"
+    waited = f"{rules.pair_timeout_s:g} s"
     kind, stem = classify(rel.name)
     if kind == "sidecar":
         return Problem(
             "missing_recording",
-            f"sidecar {rel.name} waited {minutes} for {stem}.mp3 or {stem}.wav, which never came; "
+            f"sidecar {rel.name} waited {waited} for {stem}.mp3 or {stem}.wav, which never came; "
             "drop the recording and its sidecar again together",
         )
     return Problem(
         "missing_sidecar",
-        f"recording {rel.name} waited {minutes} for its sidecar {stem}.json, which never came; "
+        f"recording {rel.name} waited {waited} for its sidecar {stem}.json, which never came; "
         "drop both again, or set watch.require_sidecar = false to upload lone recordings",
     )

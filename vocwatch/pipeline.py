@@ -17,6 +17,7 @@ from vocwatch.client import metadata_json
 from vocwatch.folders import Claimed, Folders, Stage
 from vocwatch.ledger import UPLOADED_STATES, Ledger, Row
 from vocwatch.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
+from vocwatch.pairing import printable
 from vocwatch.reasons import REASONS
 from vocwatch.validate import (
     CONTENT_TYPES,
@@ -296,12 +297,13 @@ def error_document(
     audio_name: str, sidecar: PurePosixPath | None, recording_id: str, problem: Problem, clock: Clock, **extra: Any
 ) -> dict[str, Any]:
     """The body of ``NAME.error.json``: what went wrong, what it means, when."""
+    # printable: a file name that is not UTF-8 must not make the error file itself unwritable.
     return {
-        "recording": audio_name,
-        "sidecar": sidecar.name if sidecar is not None else None,
-        "recording_id": recording_id,
+        "recording": printable(audio_name),
+        "sidecar": printable(sidecar.name) if sidecar is not None else None,
+        "recording_id": printable(recording_id),
         "reason": problem.code,
-        "message": problem.message,
+        "message": printable(problem.message),
         "explanation": REASONS.get(problem.code, ""),
         **extra,
         "failed_at": datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds"),

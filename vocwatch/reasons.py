@@ -12,13 +12,19 @@ REASONS: dict[str, str] = {
     "not_regular_file": "A symlink, FIFO, socket or device was named like a recording or sidecar. "
     "vocwatch never follows links; copy the real file into the inbox.",
     "unreadable": "The file could not be read (permissions or I/O error). Check ownership and the disk.",
-    "sidecar_not_json": "The sidecar is not valid UTF-8 JSON. Fix the JSON and drop the pair again.",
+    "invalid_name": "The file or folder name is not valid UTF-8, so it can be neither sent nor recorded. "
+    "Rename it (e.g. convmv -f latin1 -t utf8 NAME) and drop it again.",
+    "sidecar_not_json": "The sidecar is not valid UTF-8 JSON (a BOM is fine; NaN, Infinity, lone \\ud800 "
+    "escapes and absurd nesting are not). Fix the JSON and drop the pair again.",
     "sidecar_not_object": "The sidecar's JSON is not an object ({...}).",
     "sidecar_too_large": "The sidecar exceeds 64 KiB. Trim the metadata.",
     "missing_id": 'The sidecar has no string "id". Add the recording\'s id.',
-    "invalid_id": "The id must be 1-255 letters, digits, '.', '-' or '_' (not '.' or '..').",
-    "missing_sidecar": "The recording's sidecar never arrived within watch.pair_timeout_seconds.",
-    "missing_recording": "The sidecar's recording never arrived within watch.pair_timeout_seconds.",
+    "invalid_id": "The id must be 1-255 letters, digits, '.', '-' or '_' (not '.' or '..'). Without a "
+    "sidecar (watch.require_sidecar = false) the id is the file name's stem, so the same rule applies to it.",
+    "missing_sidecar": "The recording's sidecar (NAME.json or NAME.mp3.json) never arrived within "
+    "watch.pair_timeout_seconds of the recording being complete. Drop both again.",
+    "missing_recording": "The sidecar's recording never arrived within watch.pair_timeout_seconds of the "
+    "sidecar being complete. Drop both again.",
     "ambiguous_sidecar": "One NAME.json could belong to several recordings; name it NAME.mp3.json or NAME.wav.json.",
     "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
     'new recording its own id, or set upload.on_conflict = "upload".',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -35,14 +36,25 @@ def parse_sidecar(raw: bytes) -> dict[str, Any] | Problem:
     if len(raw) > MAX_SIDECAR_BYTES:
         return Problem("sidecar_too_large", f"sidecar is {len(raw)} bytes; at most 65536 are allowed")
     try:
-        text = raw.decode("utf-8-sig")
-        value = json.loads(text)
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         return Problem("sidecar_not_json", f"sidecar is not valid UTF-8 JSON: {exc}")
+    except RecursionError:
+        return Problem("sidecar_not_json", "sidecar is nested too deeply to be read as JSON")
     if not isinstance(value, dict):
         return Problem("sidecar_not_object", f"sidecar holds a JSON {type(value).__name__}, not an object")
+    try:
+        # A \ud800 escape parses, but no UTF-8 request body can carry it.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Problem("sidecar_not_json", "sidecar holds a lone surrogate escape (e.g. \\ud800), which is not text")
     problem = check_recording_id(value.get("id"))
     return problem if problem is not None else value
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, but they are not JSON and the API could not parse them.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def build_metadata(
@@ -78,22 +90,59 @@ def _is_mpeg_sync(head: bytes) -> bool:
 
 def open_regular(path: Path) -> int | Problem:
     """Open ``path`` for reading without following a link; refuse anything but a regular file.
-
     The check is made on the opened descriptor, so a file swapped after a stat is still caught.
     """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below, unread.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
             return Problem("not_regular_file", f"{path.name} is a symbolic link; links are never followed")
+        if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV):  # a socket or device node
+            return Problem("not_regular_file", f"{path.name} is not a regular file ({_describe(path)})")
         return Problem("unreadable", f"{path.name} could not be opened: {exc.strerror}")
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return fd
+        problem = Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
+    except OSError as exc:
+        problem = Problem("unreadable", f"{path.name} could not be read: {exc.strerror}")
+    os.close(fd)
+    return problem
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether any process has ``path`` open for writing, or None when the kernel will not say:
+    a read lease is refused (EAGAIN) exactly while the file is open for writing somewhere.
+    """
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.fcntl(fd, set_lease, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
+    except OSError as exc:
+        # EACCES: not the file's owner and no CAP_LEASE; EINVAL, ENOLCK: a filesystem without leases.
+        return True if exc.errno == errno.EAGAIN else None
+    finally:
         os.close(fd)
-        return Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
-    os.set_blocking(fd, True)
-    return fd
+    return False
+
+
+def _describe(path: Path) -> str:
+    try:
+        return _describe_mode(os.lstat(path).st_mode)
+    except OSError:
+        return "not a regular file"
 
 
 def _describe_mode(mode: int) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -11,30 +13,57 @@ from typing import Any, Literal
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 Mode = Literal["auto", "inotify", "poll"]
-_HINTED = frozenset({"created", "modified", "moved", "closed", "deleted"})
+# on_event(path, event, source): the planner's vocabulary, listed in planner.py.
+OnEvent = Callable[[str, str, str | None], None]
+Hint = tuple[str, str, str | None]
+INOTIFY_FIX = (
+    "raise fs.inotify.max_user_watches and fs.inotify.max_user_instances "
+    "(sysctl -w fs.inotify.max_user_watches=524288, and persist it in /etc/sysctl.d/), "
+    'or set watch.mode = "poll"'
+)
+_PASSED_ON = frozenset({"opened", "closed", "closed_no_write", "deleted"})
+
+
+def translate(event: FileSystemEvent) -> list[Hint]:
+    """Watchdog's event as the planner's hints: (path, event, source path or None)."""
+    src = os.fsdecode(event.src_path)
+    dest = os.fsdecode(event.dest_path) if event.dest_path else ""
+    kind = event.event_type
+    if event.is_directory:
+        if kind == "deleted":
+            return [(src, "folder_gone", None)]
+        if kind == "moved":
+            hints: list[Hint] = [(src, "folder_gone", None)]
+            return [*hints, (dest, "changed", None)] if dest else hints
+        # A folder's own "modified" says only what its files' events say; walking it each time is waste.
+        return [(src, "changed", None)] if kind == "created" else []
+    if kind == "moved":
+        return [(dest, "moved", src)] if dest else [(src, "deleted", None)]
+    if kind == "created":
+        # Watchdog makes up "created" for the files of a new folder: their opens were never seen.
+        return [(src, "changed" if event.is_synthetic else "created", None)]
+    return [(src, kind if kind in _PASSED_ON else "changed", None)]
 
 
 class _Handler(FileSystemEventHandler):
     """Only enqueues: the planner does all the looking, on its own thread."""
 
-    def __init__(self, on_path: Callable[[str], None]) -> None:
-        self._on_path = on_path
+    def __init__(self, on_event: OnEvent) -> None:
+        self._on_event = on_event
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in _HINTED:
-            return
-        path = getattr(event, "dest_path", "") or event.src_path
-        self._on_path(os.fsdecode(path))
+        for path, kind, src in translate(event):
+            self._on_event(path, kind, src)
 
 
 class Watcher:
     def __init__(
         self,
         root: Path,
-        on_path: Callable[[str], None],
+        on_event: OnEvent,
         *,
         mode: Mode,
         recursive: bool,
@@ -42,88 +71,141 @@ class Watcher:
         log: Any = None,
     ) -> None:
         self._root = root
-        self._on_path = on_path
+        self._on_event = on_event
         self._mode = mode
         self._recursive = recursive
         self._poll_interval = poll_interval_s
         self._log = log or structlog.get_logger("vocwatch.watcher")
         self._observer: BaseObserver | None = None
         self._root_id: tuple[int, int] | None = None
+        self._reported: str | None = None
+        self._started_once = False
         self.kind = "none"
         self.restarts = 0
+        self.problem: str | None = "not started"
 
     def start(self) -> bool:
-        """Start watching; False (logged) if the inbox cannot be watched right now."""
+        """Start watching; False (logged once per outage) if the inbox cannot be watched right now."""
         try:
             st = os.stat(self._root)
         except OSError as exc:
-            self._log.error(
+            return self._down(
                 "watch.inbox_missing",
-                inbox=str(self._root),
-                error=exc.strerror,
-                fix="create the inbox folder or fix folders.inbox; vocwatch retries by itself",
+                f"inbox {self._root} is missing ({exc.strerror})",
+                "create the inbox folder, mount its share, or fix folders.inbox; vocwatch retries by itself",
             )
+        if not stat.S_ISDIR(st.st_mode):
+            return self._down("watch.inbox_missing", f"inbox {self._root} is not a folder", "make it a folder")
+        observer = self._start_observer()
+        if observer is None:
             return False
-        observer = self._make_observer()
-        try:
-            observer.schedule(_Handler(self._on_path), str(self._root), recursive=self._recursive)
-            observer.start()
-        except OSError as exc:
-            observer.stop()
-            if exc.errno in (errno.ENOSPC, errno.EMFILE) and self._mode == "auto":
-                self._log.warning(
-                    "watch.inotify_limit",
-                    error=str(exc),
-                    fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), "
-                    'or set watch.mode = "poll"; falling back to polling now',
-                )
-                observer = PollingObserver(timeout=self._poll_interval)
-                observer.schedule(_Handler(self._on_path), str(self._root), recursive=self._recursive)
-                observer.start()
-            else:
-                self._log.error("watch.failed", inbox=str(self._root), error=str(exc))
-                return False
         self._observer = observer
         self._root_id = (st.st_dev, st.st_ino)
-        self.kind = "poll" if isinstance(observer, PollingObserver) else "events"
-        self._log.info(
-            "watch.started", inbox=str(self._root), observer=type(observer).__name__, recursive=self._recursive
+        self.kind = "poll" if isinstance(observer, PollingObserverVFS) else "events"
+        self.problem = self._reported = None
+        self._log.info("watch.started", inbox=str(self._root), observer=self.kind, recursive=self._recursive)
+        self._on_event(
+            str(self._root), "watching", "events" if self.kind == "events" else f"poll:{self._poll_interval}"
         )
+        if self._started_once:
+            # Files that came while nothing watched announced themselves to no one.
+            self._on_event(str(self._root), "rescan", None)
+        self._started_once = True
         return True
 
-    def _make_observer(self) -> BaseObserver:
-        if self._mode == "poll":
-            return PollingObserver(timeout=self._poll_interval)
-        from watchdog.observers import Observer
+    def _start_observer(self) -> BaseObserver | None:
+        if self._mode != "poll":
+            try:
+                return self._launch(events=True)
+            except OSError as exc:
+                limit = exc.errno in (errno.ENOSPC, errno.EMFILE)
+                if not limit or self._mode == "inotify":
+                    self._down(
+                        "watch.inotify_limit" if limit else "watch.failed",
+                        f"cannot watch {self._root}: {exc}",
+                        INOTIFY_FIX if limit else "check the inbox",
+                    )
+                    return None
+                self._log.warning("watch.inotify_limit", error=str(exc), fix=INOTIFY_FIX + "; polling meanwhile")
+        try:
+            return self._launch(events=False)
+        except OSError as exc:
+            self._down("watch.failed", f"cannot poll {self._root}: {exc}", "check the inbox and its permissions")
+            return None
 
-        observer: BaseObserver = Observer()
+    def _launch(self, *, events: bool) -> BaseObserver:
+        observer: BaseObserver
+        if events:
+            from watchdog.observers import Observer
+
+            observer = Observer()  # opens an inotify instance: can fail with EMFILE at once
+        else:
+            # lstat, not stat: a symlink to / or a link loop in the inbox must not be walked at every poll.
+            observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=self._poll_interval)
+        try:
+            observer.schedule(_Handler(self._on_event), str(self._root), recursive=self._recursive)
+            observer.start()
+        except BaseException:
+            observer.stop()  # release the inotify instance and its reader thread
+            raise
         return observer
+
+    def _down(self, event: str, problem: str, fix: str) -> bool:
+        self.problem = problem
+        self._on_event(str(self._root), "not_watching", None)
+        if self._reported != problem:  # once per outage: heal() retries every second
+            self._reported = problem
+            self._log.error(event, problem=problem, fix=fix)
+        return False
 
     def healthy(self) -> bool:
         """Is the observer running on the inbox that exists now (not a deleted, re-created one)?"""
+        return self._diagnose() is None
+
+    def _diagnose(self) -> str | None:
         observer = self._observer
-        if observer is None or not observer.is_alive():
-            return False
-        if not all(emitter.is_alive() for emitter in observer.emitters) or not observer.emitters:
-            return False
+        if observer is None:
+            return self.problem or "not watching"
+        if not observer.is_alive():
+            return "the observer thread stopped"
+        try:
+            emitters = list(observer.emitters)
+        except RuntimeError:  # the set changed while we copied it: look again at the next tick
+            return None
+        if not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return "the observer stopped watching the inbox"
+        reader = getattr(observer, "_inotify_fd", None)  # watchdog's inotify reader thread, if any
+        if isinstance(reader, threading.Thread) and not reader.is_alive():
+            return "the inotify reader thread died"
         try:
             st = os.stat(self._root)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._root_id
+        except OSError as exc:
+            return f"inbox {self._root} is gone ({exc.strerror})"
+        if (st.st_dev, st.st_ino) != self._root_id:
+            return f"inbox {self._root} was replaced by another folder"
+        return None
+
+    @property
+    def observer(self) -> BaseObserver | None:
+        """The running watchdog observer, for diagnostics."""
+        return self._observer
 
     def heal(self) -> bool:
         """Restart a dead or stale observer; True when watching afterwards."""
-        if self.healthy():
+        why = self._diagnose()
+        if why is None:
             return True
         if self._observer is not None:
-            self._log.warning("watch.lost", inbox=str(self._root), fix="restarting the observer")
+            self.problem = why
+            self._on_event(str(self._root), "not_watching", None)
+            self._log.warning("watch.lost", inbox=str(self._root), problem=why, fix="restarting the observer")
             self.stop()
             self.restarts += 1
         return self.start()
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None
+        self.kind = "none"
         if observer is not None:
             observer.stop()
             if observer.is_alive():
