@@ -134,26 +134,6 @@ def test_give_up_after_seconds_sends_a_long_outage_to_failed(spool: Spool, sim: 
     assert json.loads((spool.failed / "g.error.json").read_text())["reason"] == "gave_up"
 
 
-def test_recording_changed_during_upload_is_not_done_and_is_sent_whole_later(
-    spool: Spool, sim: Simulator, make_settings
-) -> None:
-    # The server stalls before reading the body, so the client is mid-send when the file grows.
-    sim.state.faults.latency_s = 1.0
-    audio = write_wav(spool.inbox / "grow.wav", target_bytes=8_000_000)
-    write_sidecar(spool.inbox / "grow.json", "rec-grow")
-    with running(make_settings(watch__settle_seconds=0.3)) as daemon:
-        wait_for(lambda: sim.state.requests >= 1, what="upload in flight")
-        work_copy = daemon.parts.folders.work / "grow.wav"
-        with open(work_copy, "ab") as fh:
-            fh.write(b"\0" * 100_000)  # the recorder appended after we claimed it
-        sim.state.faults.latency_s = 0.0
-        wait_for(lambda: _all_done(spool, 1), timeout=30, what="whole upload")
-    final = (spool.done / "grow.wav").read_bytes()
-    assert len(final) == 8_100_000
-    assert [r.sha256 for r in sim.state.received] == [hashlib.sha256(final).hexdigest()]
-    assert audio.exists() is False
-
-
 def test_auth_problem_is_logged_once_per_probe_interval_not_per_file(
     spool: Spool, sim: Simulator, make_settings, capsys
 ) -> None:
