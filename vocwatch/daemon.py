@@ -227,11 +227,15 @@ class Daemon:
         )
         tick = min(1.0, watchdog_interval() or 1.0)
         while not self.stop_requested.wait(tick):
-            healthy = self.watcher.heal() and planner.is_alive()
-            if healthy and p.clock.monotonic() - self.planner.last_progress < 30:
-                self.notifier.notify("WATCHDOG=1\nSTATUS=" + self.status_line())
-            else:
-                self.notifier.notify("STATUS=unhealthy: " + self.status_line())
+            watching = self.watcher.heal()
+            # The watchdog is for a stuck daemon, which a restart fixes. A lost inbox (a share that
+            # dropped) is not: a restart cannot bring it back, so it shows in STATUS and the logs instead,
+            # while the planner keeps rescanning and the watcher keeps trying.
+            working = planner.is_alive() and p.clock.monotonic() - self.planner.last_progress < 30
+            if self.settings.status.poll:
+                working = working and poller.is_alive()
+            status = self.status_line() if watching else "unhealthy: " + self.status_line()
+            self.notifier.notify(("WATCHDOG=1\n" if working else "") + "STATUS=" + status)
         return self.shutdown(planner, poller)
 
     def shutdown(self, planner: threading.Thread, poller: threading.Thread) -> int:

@@ -51,7 +51,9 @@ class Folders:
         self.stages: dict[Stage, Path] = {"done": done, "failed": failed, "uploaded": uploaded}
 
     def ensure(self) -> None:
-        for folder in (self.inbox, self.work, *self.stages.values()):
+        """Create our own folders. Not the inbox: a missing inbox may be a share that is not mounted,
+        and a local folder in its place would hide that (the watcher reports it until it appears)."""
+        for folder in (self.work, *self.stages.values()):
             folder.mkdir(parents=True, exist_ok=True)
 
     def claim(self, pair: Pair, origin: Path | None = None) -> Claimed | None:
