@@ -112,7 +112,7 @@ def main() -> int:
         argv += ["--", *VOCWATCH, "run", "--config", str(config)]
         log = open(run / "log", "wb")  # noqa: SIM115 - closed below
         spy_proc = subprocess.Popen(
-            argv, env={"VOCWATCH_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT
+            argv, env={**os.environ, "VOCWATCH_API_KEY": API_KEY}, stdout=log, stderr=subprocess.STDOUT
         )
         started = time.monotonic()
         while count_audio(done) < goal and time.monotonic() - started < 300 and spy_proc.poll() is None:
