@@ -6,9 +6,11 @@ scan (at start and every ``rescan_seconds``) is the truth.
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import os
 import queue
+import re
 import stat
 import threading
 from collections import deque
@@ -27,6 +29,9 @@ from vocwatch.pipeline import error_document
 from vocwatch.pool import Pool
 
 
+PLAN_SLICE = 5000  # pair groups planned at a time
+
+
 @dataclass(frozen=True, slots=True)
 class ScanOptions:
     rules: Rules
@@ -42,9 +47,13 @@ class Planner:
         self._clock = clock
         self._opts = options
         self._root = folders.inbox
+        # One compiled pattern instead of fnmatch per pattern per name: the scan calls it per file.
+        either = "|".join(f"(?:{fnmatch.translate(p)})" for p in options.ignore) or "(?!)"
+        self._ignore = re.compile(either).match
         self._hints: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._entries: dict[PurePosixPath, Entry] = {}
-        self._groups: dict[tuple[str, str], set[PurePosixPath]] = {}
+        # Lists, not sets: a group holds two or three names, and 100,000 small sets cost 27 MB.
+        self._groups: dict[tuple[str, str], list[PurePosixPath]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._deadlines: list[tuple[float, tuple[str, str]]] = []
         self._ready: deque[Pair] = deque()
@@ -111,9 +120,11 @@ class Planner:
         mono = self._clock.monotonic()
         while self._deadlines and self._deadlines[0][0] <= mono:
             self._dirty.add(heapq.heappop(self._deadlines)[1])
-        if self._dirty:
-            entries = [self._entries[r] for key in self._dirty for r in self._groups.get(key, ())]
-            self._dirty.clear()
+        dirty, self._dirty = list(self._dirty), set()
+        # In slices: planning a 100,000-pair backlog at once held all its groups twice (peak RSS).
+        for start in range(0, len(dirty), PLAN_SLICE):
+            keys = dirty[start : start + PLAN_SLICE]
+            entries = [self._entries[r] for key in keys for r in self._groups.get(key, ())]
             decided = pairing.plan(entries, self._clock.time(), self._opts.rules)
             for pair in decided.ready:
                 if pair not in self._ready_set:
@@ -159,28 +170,31 @@ class Planner:
         self._observe(rel, st, self._clock.time())
 
     def _walk(self, folder: Path) -> Iterator[tuple[PurePosixPath, os.stat_result]]:
+        """Files under ``folder`` with their lstat, streamed (a 100,000-file inbox is never listed whole)."""
+        base = PurePosixPath(Path(folder).relative_to(self._root).as_posix())
+        subfolders: list[Path] = []
         try:
             with os.scandir(folder) as it:
-                items = list(it)
+                for item in it:
+                    if self._ignore(item.name):
+                        continue
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        subfolders.append(Path(item.path))
+                        continue
+                    yield base / item.name, st
         except OSError as exc:
             self._log.warning("scan.unreadable", folder=str(folder), error=str(exc))
             return
-        for item in items:
-            rel = PurePosixPath(Path(item.path).relative_to(self._root).as_posix())
-            if self._ignored(rel):
-                continue
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if self._opts.recursive:
-                    yield from self._walk(Path(item.path))
-                continue
-            yield rel, st
+        if self._opts.recursive:
+            for sub in subfolders:
+                yield from self._walk(sub)
 
     def _ignored(self, rel: PurePosixPath) -> bool:
-        return any(pairing.is_ignored(part, self._opts.ignore) for part in rel.parts)
+        return any(self._ignore(part) for part in rel.parts)
 
     def _observe(self, rel: PurePosixPath, st: os.stat_result, now: float) -> None:
         before = self._entries.get(rel)
@@ -189,7 +203,9 @@ class Planner:
             return
         self._entries[rel] = entry
         key = pairing.group_key(rel)
-        self._groups.setdefault(key, set()).add(rel)
+        members = self._groups.setdefault(key, [])
+        if rel not in members:
+            members.append(rel)
         self._dirty.add(key)
 
     def _forget(self, rel: PurePosixPath) -> None:
@@ -198,7 +214,8 @@ class Planner:
         key = pairing.group_key(rel)
         members = self._groups.get(key)
         if members is not None:
-            members.discard(rel)
+            if rel in members:
+                members.remove(rel)
             if not members:
                 del self._groups[key]
         self._dirty.add(key)
