@@ -19,6 +19,7 @@ _connections = itertools.count(1)
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the reply is two writes (headers, body): no 40 ms delayed-ACK stall
     server: _Server
 
     def setup(self) -> None:
