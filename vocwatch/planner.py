@@ -28,7 +28,6 @@ from vocwatch.pairing import Entry, Rules
 from vocwatch.pipeline import error_document
 from vocwatch.pool import Pool
 
-
 PLAN_SLICE = 5000  # pair groups planned at a time
 
 
