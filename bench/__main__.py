@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import report
 from bench.corpus import CLASSES, ensure_corpus
+from bench.proc import stop_all
 from bench.sink import Sink, start_python, start_sink
 from bench.timed import backlog, latency, startup
 from bench.tools import TOOLS, Context, Result, run_tool
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             back = backlog(timed_sink, work, pairs, plan.marks)
             say(f"backlog {pairs:,}: first upload after {back['first_upload_s']} s, peak {back['peak_rss_mb']} MB")
     finally:
+        stop_all()
         if timed_sink is not None and timed_sink is not sink:
             timed_sink.stop()
         sink.stop()

@@ -96,6 +96,17 @@ class _Sampler(threading.Thread):
                 return
 
 
+_LIVE: set[Child] = set()
+
+
+def stop_all() -> None:
+    """Stop children that were started but never finished (an interrupted or failed run)."""
+    for child in list(_LIVE):
+        if child.alive():
+            child.proc.kill()
+        child.finish(timeout=10)
+
+
 class Child:
     """A started child; ``finish`` ends it (if asked) and collects its resource usage."""
 
@@ -124,6 +135,7 @@ class Child:
         self._reaped: tuple[int, os.struct_rusage, float] | None = None
         self._sampler = _Sampler(self.pid, tree)
         self._sampler.start()
+        _LIVE.add(self)
 
     def _reap(self) -> bool:
         """Collect the child if it has exited (never through Popen, which would lose its rusage)."""
@@ -161,6 +173,7 @@ class Child:
                 deadline += 60
             time.sleep(0.005)
         assert self._reaped is not None
+        _LIVE.discard(self)
         status, usage, reaped_at = self._reaped
         if ended is None:
             ended = reaped_at

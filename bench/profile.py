@@ -94,6 +94,7 @@ def main() -> int:
     run = work / "runs" / "profile"
     shutil.rmtree(run, ignore_errors=True)
     sink = start_sink(work / "sink", install=False)
+    spy_proc: subprocess.Popen[bytes] | None = None
     try:
         config = write_config(run, sink, workers=args.workers)
         inbox, done = run / "spool" / "inbox", run / "spool" / "done"
@@ -126,6 +127,11 @@ def main() -> int:
         print(summarize(raw, args.top))
         print(f"\nraw stacks: {raw}", file=sys.stderr)
     finally:
+        if spy_proc is not None and spy_proc.poll() is None:  # interrupted: stop py-spy and the daemon
+            for pid in reversed(_tree(spy_proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            spy_proc.wait()
         sink.stop()
     return 0
 
