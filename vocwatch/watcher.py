@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import stat
 import threading
@@ -46,6 +47,27 @@ def translate(event: FileSystemEvent) -> list[Hint]:
         # Watchdog makes up "created" for the files of a new folder: their opens were never seen.
         return [(src, "changed" if event.is_synthetic else "created", None)]
     return [(src, kind if kind in _PASSED_ON else "changed", None)]
+
+
+# watchdog holds each IN_MOVED_FROM that has no IN_MOVED_TO yet for 0.5 s, to pair the two, in a FIFO
+# queue: every claim (a rename out of the inbox, never paired) held back all later events by up to
+# 0.5 s, so a steady stream of drops waited ~0.3-0.5 s each. Events are only hints here; 10 ms still
+# pairs the two halves of a rename inside the inbox (they come in one read).
+MOVE_PAIRING_DELAY_S = 0.01
+_MOVE_PAIRING = (
+    ("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),  # watchdog >= 6
+    ("watchdog.observers.inotify_buffer", "InotifyBuffer"),  # watchdog 4 and 5
+)
+
+
+def _shorten_move_pairing() -> None:
+    for module_name, class_name in _MOVE_PAIRING:
+        try:
+            holder = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError:
+            continue
+        if holder is not None and isinstance(getattr(holder, "delay", None), int | float):
+            holder.delay = min(holder.delay, MOVE_PAIRING_DELAY_S)
 
 
 class _Handler(FileSystemEventHandler):
@@ -138,6 +160,7 @@ class Watcher:
         if events:
             from watchdog.observers import Observer
 
+            _shorten_move_pairing()
             observer = Observer()  # opens an inotify instance: can fail with EMFILE at once
         else:
             # lstat, not stat: a symlink to / or a link loop in the inbox must not be walked at every poll.

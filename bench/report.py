@@ -1,0 +1,218 @@
+"""Targets, the printed table and the machine's description for bench/results.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from bench.tools import TOOLS, Result
+
+CURLS = ("curl loop", "xargs -P4 curl", "xargs -P8 curl")
+DAEMONS = ("vocwatch run w4", "vocwatch run w8")
+LIMIT = "curl keep-alive (limit)"
+BARE = "httpx pool(4)"
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    goal: str
+    passed: bool | None  # None: not measured
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.name, "value": self.value, "goal": self.goal, "pass": self.passed, "detail": self.detail}
+
+
+def _best(results: dict[str, Result], names: tuple[str, ...]) -> Result | None:
+    ok = [results[n] for n in names if n in results and results[n].ok]
+    return max(ok, key=lambda r: r.files_s) if ok else None
+
+
+def _x(a: Result | None, b: Result | None, steady: bool = False) -> float | None:
+    if a is None or b is None or not a.ok or not b.ok:
+        return None
+    num, den = (a.steady_files_s, b.steady_files_s) if steady else (a.files_s, b.files_s)
+    return round(num / den, 2) if den else None
+
+
+def ratios(by_class: dict[str, dict[str, Result]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per class and tool: files/s over the best curl baseline's, bare httpx's and the limit's."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for cls, results in by_class.items():
+        curl, bare, limit = _best(results, CURLS), results.get(BARE), results.get(LIMIT)
+        out[cls] = {
+            tool: {
+                "vs_best_curl": _x(r, curl),
+                "vs_httpx": _x(r, bare),
+                "vs_limit": _x(r, limit),
+                "steady_vs_best_curl": _x(r, curl, steady=True),
+                "steady_vs_httpx": _x(r, bare, steady=True),
+            }
+            for tool, r in results.items()
+        }
+    return out
+
+
+def net_of_startup(by_class: dict[str, dict[str, Result]], start: dict[str, Any]) -> None:
+    """For daemon rows: CPU s/GB without the CPU that starting and stopping an idle daemon costs."""
+    for results in by_class.values():
+        for tool in DAEMONS:
+            r = results.get(tool)
+            if r is not None and r.bytes:
+                r.extra["cpu_s_per_gb_net"] = round(max(0.0, r.cpu_s - start["cpu_s"]) / (r.bytes / 1e9), 2)
+
+
+def _throughput_target(name: str, ours: Result | None, base: Result | None, factor: float) -> Target:
+    if ours is None or base is None:
+        return Target(name, None, f">= {factor:g}x", None, "not measured")
+    value = ours.files_s / base.files_s
+    steady = ours.steady_files_s / base.steady_files_s if base.steady_files_s else 0.0
+    detail = (
+        f"{ours.tool} {ours.files_s:.1f} vs {base.tool} {base.files_s:.1f} files/s; "
+        f"start-up left out: {steady:.2f}x ({'pass' if steady >= factor else 'miss'})"
+    )
+    return Target(name, round(value, 2), f">= {factor:g}x", value >= factor, detail)
+
+
+def targets(
+    by_class: dict[str, dict[str, Result]], latency: dict[str, Any] | None, backlog: dict[str, Any] | None
+) -> list[Target]:
+    out: list[Target] = []
+    small, medium, large = (by_class.get(c, {}) for c in ("small", "medium", "large"))
+    for name, results, base, factor in (
+        ("small: vocwatch vs best curl", small, _best(small, CURLS), 1.5),
+        ("small: vocwatch vs bare httpx", small, small.get(BARE), 0.9),
+        ("medium: vocwatch vs best curl", medium, _best(medium, CURLS), 1.0),
+        ("large: vocwatch vs best curl", large, _best(large, CURLS), 0.8),
+    ):
+        if results:
+            out.append(_throughput_target(name, _best(results, DAEMONS), base, factor))
+    ours, curl = _best(large, DAEMONS), _best(large, CURLS)
+    if ours and curl:
+        value = ours.cpu_s_gb / curl.cpu_s_gb
+        net = ours.extra.get("cpu_s_per_gb_net")
+        net_x = f"; start-up left out: {net / curl.cpu_s_gb:.2f}x" if net is not None else ""
+        detail = f"{ours.tool} {ours.cpu_s_gb:.2f} vs {curl.tool} {curl.cpu_s_gb:.2f} s/GB{net_x}"
+        out.append(Target("large: vocwatch CPU/GB vs curl's", round(value, 2), "<= 1.5x", value <= 1.5, detail))
+    w8 = large.get("vocwatch run w8")
+    if w8 is not None:
+        out.append(
+            Target("peak RSS, 8 workers, 20 MB files", round(w8.peak_mb, 1), "< 100 MB", w8.peak_mb < 100, "VmHWM")
+        )
+    if backlog:
+        peak = backlog.get("peak_rss_mb")
+        first = f"first upload after {backlog.get('first_upload_s')} s"
+        out.append(
+            Target(f"peak RSS, {backlog['pairs']:,}-pair backlog", peak, "< 200 MB", bool(peak and peak < 200), first)
+        )
+        growth = backlog.get("growth_mb")
+        marks = " -> ".join(f"{int(k):,}" for k in backlog.get("rss_mb_at", {}))
+        out.append(
+            Target(
+                f"RSS growth, {marks} uploads",
+                growth,
+                "< 10 MB",
+                None if growth is None else growth < 10,
+                f"RSS (MB) at those marks: {backlog.get('rss_mb_at')}",
+            )
+        )
+    if latency:
+        every = f"{latency['measured']}/{latency['drops']} drops, one every {latency['interval_ms']:g} ms"
+        for q, goal in (("p50", 100), ("p99", 500)):
+            value = latency.get(f"{q}_ms")
+            passed = None if value is None else value < goal
+            out.append(Target(f"latency {q}, rename to upload start", value, f"< {goal} ms", passed, every))
+    return out
+
+
+def machine(sink_detail: str) -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "curl": curl,
+        "sink": sink_detail,
+        "disk_free_gb": round(shutil.disk_usage(".").free / 2**30, 1),
+    }
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+COLUMNS = (
+    ("class", "<7"), ("tool", "<25"), ("files/s", ">9"), ("MB/s", ">8"), ("steady", ">8"), ("CPU s/GB", ">9"),
+    ("peak MB", ">8"), ("1st up", ">7"), ("conns", ">6"), ("xcurl", ">6"), ("xhttpx", ">7"), ("xlimit", ">7"),
+)  # fmt: skip
+
+
+def table(by_class: dict[str, dict[str, Result]]) -> str:
+    rat = ratios(by_class)
+    head = "".join(format(name, spec) for name, spec in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for cls, results in by_class.items():
+        for tool in TOOLS:
+            r = results.get(tool)
+            if r is None:
+                continue
+            x = rat[cls][tool]
+            cells = (
+                cls, tool, f"{r.files_s:.1f}", f"{r.mb_s:.1f}", f"{r.steady_files_s:.1f}", f"{r.cpu_s_gb:.2f}",
+                f"{r.peak_mb:.1f}", _f(r.first_upload_s, ".2f"), _f(r.connections, "d"), _f(x["vs_best_curl"], ".2f"),
+                _f(x["vs_httpx"], ".2f"), _f(x["vs_limit"], ".2f"),
+            )  # fmt: skip
+            row = "".join(format(c, spec) for c, (_, spec) in zip(cells, COLUMNS, strict=True))
+            lines.append(row + ("" if r.ok else f"  !! {r.note}"))
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], by_class: dict[str, dict[str, Result]], found: list[Target]) -> str:
+    m = results["machine"]
+    out = [
+        f"\nvocwatch benchmark {results['date']}{' (QUICK)' if results['quick'] else ''}",
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}",
+        f"sink: {m['sink']}",
+        f"median of {results['repeats']} run(s) per row. files/s and MB/s: launch to last upload (for the daemon: "
+        "last pair in done/); steady: files/s from the first request at the sink; 1st up: seconds from launch to "
+        "the first request; xcurl / xhttpx / xlimit: files/s over the best curl baseline, bare httpx, and one "
+        "keep-alive curl.\n",
+        table(by_class),
+    ]
+    start, lat, back = results.get("startup"), results.get("latency"), results.get("backlog")
+    if start:
+        out.append(
+            f"\nvocwatch start-up on an empty inbox: READY after {start['ready_s']} s, {start['cpu_s']} s CPU, "
+            f"{start['rss_mb']} MB RSS"
+        )
+    if lat:
+        out.append(
+            f"latency, rename into the inbox -> upload start at the sink (settle 0 s): p50 {lat['p50_ms']} ms, "
+            f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['measured']}/{lat['drops']} drops"
+        )
+    if back:
+        out.append(
+            f"backlog of {back['pairs']:,} tiny pairs (1 KB WAVs): first upload after {back['first_upload_s']} s, "
+            f"peak RSS {back['peak_rss_mb']} MB, RSS at {back['rss_mb_at']} uploads, "
+            f"{back['files_s_between_marks']} files/s between them"
+        )
+    out.append("")
+    for t in found:
+        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t.passed]
+        out.append(f"{verdict}  {t.name:<36} {_f(t.value, 'g'):>7}  (goal {t.goal})  {t.detail}")
+    return "\n".join(out)
