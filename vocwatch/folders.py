@@ -72,7 +72,8 @@ class Folders:
                     _rename(back_dst, back_src)
                 return None
             moved.append((src, dst))
-        _fsync_dirs({s.parent for s in sources} | {d.parent for d in claimed.paths()})
+        # No fsync here: a claim lost to a power cut leaves the pair in the inbox to be claimed again, and
+        # the ledger then knows it (duplicate or resend), so durability is bought at finish() instead.
         return claimed
 
     def sidecar_beside(self, audio_rel: PurePosixPath) -> PurePosixPath | None:

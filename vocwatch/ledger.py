@@ -6,6 +6,7 @@ move, and each commit is on disk (WAL, synchronous=FULL) before the next step st
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ COLUMNS = [
     "created_at",
     "updated_at",
 ]
+_COLS = ", ".join(COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +121,22 @@ class Row:
         }
 
 
+# Only these commits must be on disk before the next step: the job id (before the files move, or a
+# crash re-uploads) and a failure (its files are already in failed/). Losing any other commit to a power
+# cut is repaired by recovery, and a later durable commit syncs the earlier ones with it.
+DURABLE_STATES = frozenset({"accepted", "failed"})
+
+
 class Ledger:
-    """Thread-safe: one connection, one lock; every method is one committed transaction."""
+    """Thread-safe: writes share one connection under a lock; each thread reads on its own (WAL)."""
 
     def __init__(self, path: Path, clock: Clock, *, readonly: bool = False) -> None:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        self._readonly = readonly
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
@@ -139,7 +150,34 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers:
+                reader.close()
             self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection: reads never wait behind another thread's commit."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction; ``durable`` ones are fsynced before this returns (synchronous=FULL)."""
+        with self._lock:
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    yield self._db
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     def integrity_check(self) -> str:
         with self._lock:
@@ -202,17 +240,17 @@ class Ledger:
         return float(value) if value is not None else None
 
     def _select(self, tail: str, args: tuple[Any, ...]) -> list[Row]:
-        with self._lock:
-            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM recordings {tail}", args)
-            return [Row(*values) for values in cur.fetchall()]
+        if self._readonly:
+            with self._lock:
+                return [Row(*v) for v in self._db.execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
+        return [Row(*v) for v in self._reader().execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
 
     # -- writes: each is one transaction, committed before it returns ---------------------
 
     def open_row(self, recording_id: str, sha256: str, file: str, size: int) -> Row:
         """The open row for this recording and content, created in state ``claimed`` if none."""
         now = self._clock.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write(durable=False):
             found = self._db.execute(
                 f"SELECT id FROM recordings WHERE recording_id = ? AND sha256 = ? AND state IN "
                 f"({', '.join('?' * len(OPEN_STATES))}) ORDER BY id DESC LIMIT 1",
@@ -240,15 +278,13 @@ class Ledger:
                 )
                 row_id = int(cur.lastrowid or 0)
             self._event(row_id, now, "claimed", file)
-        row = self.get(row_id)
-        assert row is not None
-        return row
+            values = self._db.execute(f"SELECT {_COLS} FROM recordings WHERE id = ?", (row_id,)).fetchone()
+        return Row(*values)
 
     def record_terminal(self, recording_id: str, sha256: str, file: str, size: int, state: str, **fields: Any) -> int:
         """A row that is born terminal (a duplicate, or a failure before the content was known)."""
         now = self._clock.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write(durable=state in DURABLE_STATES):
             cur = self._db.execute(
                 "INSERT INTO recordings (recording_id, sha256, file, size, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -260,11 +296,10 @@ class Ledger:
         return row_id
 
     def transition(self, row_id: int, state: str, event: str | None = None, **fields: Any) -> None:
-        """Move a row to ``state`` and set ``fields``, in one durable commit."""
+        """Move a row to ``state`` and set ``fields``, in one commit (on disk at once if DURABLE_STATES)."""
         assert state in STATES, state
         now = self._clock.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write(durable=state in DURABLE_STATES):
             self._set(row_id, now, {**fields, "state": state})
             detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")
             self._event(row_id, now, event or state, None if detail is None else str(detail))
@@ -272,8 +307,7 @@ class Ledger:
     def begin_attempt(self, row_id: int) -> None:
         """Record the intent to upload: from here the request may be on the wire."""
         now = self._clock.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write(durable=False):
             self._db.execute(
                 "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, row_id),
@@ -282,8 +316,7 @@ class Ledger:
 
     def update_job(self, row_id: int, **fields: Any) -> None:
         now = self._clock.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write(durable=False):
             self._set(row_id, now, fields)
             if "job_status" in fields:
                 self._event(row_id, now, f"job.{fields['job_status']}", fields.get("job_error"))

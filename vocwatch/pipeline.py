@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol
@@ -222,11 +222,9 @@ class Pipeline:
             poll_interval=self.options.poll_initial_s,
         )
         prep.fh.close()
-        row = self.ledger.get(prep.row.id)
-        assert row is not None
-        self.finish_accepted(prep.claimed, row, log)
+        self.finish_accepted(prep.claimed, replace(prep.row, job_id=job_id, destination=str(dest)), log)
         size = prep.signature[0]
-        log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=row.attempts)
+        log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
         self.recorder.finished("done", nbytes=size, seconds=seconds)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
