@@ -122,7 +122,9 @@ class Folders:
         if claimed.sidecar is not None:
             _move_no_clobber(claimed.sidecar, names["sidecar"])
         _move_no_clobber(claimed.audio, names["audio"])
-        _fsync_dirs({names["audio"].parent, claimed.audio.parent})
+        # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next start
+        # finds the same file (same inode) at the recorded destination and just drops the work/ copy.
+        _fsync_dirs({names["audio"].parent})
         return names["audio"]
 
     def fail_in_place(self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any]) -> None:
