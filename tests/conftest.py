@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -168,3 +170,9 @@ def drop(
     os.rename(tmp, audio)
     os.rename(side_tmp, side)
     return audio, side
+
+
+def start_daemon(config: Path, **popen: Any) -> subprocess.Popen[str]:
+    """``vocwatch run`` as a real process (logs on its stdout unless redirected)."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "vocwatch", "run", "--config", str(config)], **options)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Spool, drop, running, wait_for
+from conftest import Spool, drop, running, start_daemon, wait_for
 
 from vocwatch.config import load_settings
 from vocwatch.simulator import Simulator
@@ -110,12 +110,7 @@ def test_upload_backfills_a_folder_once_and_exit_status_tells_if_all_succeeded(
 def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
     sim.state.unauthorized_for(3600)
     make_settings(log__level="debug", log__format="json")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vocwatch", "run", "--config", str(tmp_path / "config.toml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_daemon(tmp_path / "config.toml")
     try:
         drop(spool.inbox, "s.wav", "secret-test")
         wait_for(lambda: sim.state.requests >= 1, what="a refused upload")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import Spool, drop, running, wait_for
+from conftest import Spool, drop, running, start_daemon, wait_for
 
 from vocwatch.logs import redact_digits
 from vocwatch.simulator import Simulator
@@ -68,12 +68,7 @@ def test_metrics_endpoint_is_scraped(spool: Spool, sim: Simulator, make_settings
 
 def test_redaction_hashes_phone_numbers_in_logs(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
     make_settings(log__redact=True, log__format="json")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vocwatch", "run", "--config", str(tmp_path / "config.toml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_daemon(tmp_path / "config.toml")
     try:
         drop(spool.inbox, "call-from-447700900123.wav", "rec-447700900123")
         wait_for(lambda: any(r.state == "done" for r in spool.rows()), what="upload")

@@ -6,7 +6,6 @@ import codecs
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ingest_support import make_socket
 
 from vocwatch.client import metadata_json
 from vocwatch.model import Problem
@@ -192,14 +192,7 @@ def _fifo(path: Path, outside: Path) -> None:
 
 
 def _socket(path: Path, outside: Path) -> None:
-    # Bound through /proc/self/fd so the path stays under the 108-byte limit of sun_path.
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(f"/proc/self/fd/{folder}/{path.name}")
-    finally:
-        sock.close()
-        os.close(folder)
+    make_socket(path)
 
 
 def _directory(path: Path, outside: Path) -> None:
