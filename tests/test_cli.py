@@ -97,8 +97,10 @@ def test_upload_backfills_a_folder_once_and_exit_status_tells_if_all_succeeded(
     backlog = tmp_path / "old-recordings"
     drop(backlog, "2025/a.wav", "old-a")
     drop(backlog, "2025/b.mp3", "old-b")
+    (backlog / "2025/c.wav.part").write_bytes(b"still being copied")  # watch.ignore applies here too
     ok = vocwatch("upload", "--config", str(tmp_path / "config.toml"), str(backlog))
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (backlog / "2025/c.wav.part").exists()
     assert spool.files(spool.done) == ["2025/a.json", "2025/a.wav", "2025/b.json", "2025/b.mp3"]
     assert sorted(r.metadata["id"] for r in sim.state.received) == ["old-a", "old-b"]
     drop(backlog, "bad.wav", "not valid!")

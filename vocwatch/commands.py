@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import structlog
@@ -16,9 +17,9 @@ from vocwatch.cli import EX_NOINPUT, EX_NOPERM, settings_from
 from vocwatch.config import Settings
 from vocwatch.daemon import Daemon, build, check_layout, require_key
 from vocwatch.ledger import Ledger
-from vocwatch.model import SystemClock
+from vocwatch.model import Pair, SystemClock
 from vocwatch.notify import from_environment
-from vocwatch.pairing import Entry, Rules, plan
+from vocwatch.pairing import Entry, Expired, Rules, is_ignored, plan
 from vocwatch.pipeline import error_document
 
 
@@ -105,8 +106,8 @@ def upload(args: argparse.Namespace) -> int:
     return 0 if bad == 0 and not missing else 1
 
 
-def _batches(paths: list[Path], settings: Settings):  # type: ignore[no-untyped-def]
-    """Per origin folder: the ready pairs and the files that can never pair."""
+def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list[Pair], list[Expired]]]:
+    """Per origin folder: the ready pairs and the files that can never pair (watch.ignore applies)."""
     rules = Rules(settle_s=0.0, pair_timeout_s=0.0, require_sidecar=settings.watch.require_sidecar)
     for path in paths:
         if path.is_dir():
@@ -119,10 +120,10 @@ def _batches(paths: list[Path], settings: Settings):  # type: ignore[no-untyped-
             continue
         entries = []
         for file in files:
-            if file.name.startswith("."):
+            rel = PurePosixPath(file.relative_to(origin).as_posix())
+            if any(is_ignored(part, settings.watch.ignore) for part in rel.parts):
                 continue
             st = file.lstat()
-            rel = PurePosixPath(file.relative_to(origin).as_posix())
             entries.append(Entry(rel, st.st_size, st.st_mtime_ns, first_seen=0.0, stable_since=0.0))
         decided = plan(entries, now=1.0, rules=rules)
         yield origin, decided.ready, decided.expired
