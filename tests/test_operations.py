@@ -117,3 +117,24 @@ def test_status_command_prints_one_job_from_the_api(
     body = json.loads(result.stdout)
     assert body["id"] == row.job_id and body["recordingId"] == "status-1"
     assert _cli("status", "--config", str(tmp_path / "config.toml"), "job-nope").returncode == 69
+
+
+def test_every_recording_outcome_is_one_log_line_with_duration_and_bytes(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    make_settings(log__format="json")
+    proc = start_daemon(tmp_path / "config.toml")
+    try:
+        drop(spool.inbox, "good.wav", "log-good")
+        drop(spool.inbox, "bad.wav", "log bad")
+        wait_for(lambda: len([r for r in spool.rows() if r.state in ("done", "failed")]) == 2, what="outcomes")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    outcomes = {e["file"]: e for e in events if e["event"] in ("upload.accepted", "upload.failed")}
+    assert set(outcomes) == {"good.wav", "bad.wav"}
+    for event in outcomes.values():
+        assert event["bytes"] > 0 and event["ms"] >= 0
+    assert outcomes["good.wav"]["recording_id"] == "log-good" and outcomes["good.wav"]["job_id"]
+    assert outcomes["bad.wav"]["reason"] == "invalid_id"

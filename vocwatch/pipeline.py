@@ -68,6 +68,7 @@ class Prepared:
     sha256: str
     signature: tuple[int, int, int]
     log: Log
+    started: float  # monotonic time the journey began, for the outcome's duration
 
 
 Finished = Literal["done", "failed", "duplicate", "released"]
@@ -99,15 +100,16 @@ class Pipeline:
         """Validate and hash a claimed pair; settle duplicates, conflicts and crash leftovers."""
         rel = str(claimed.pair.audio)
         log = self.log.bind(file=rel)
+        started = self.clock.monotonic()
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
             return "released"
         opened = open_regular(claimed.audio)
         if isinstance(opened, Problem):
-            return self._fail_unopened(claimed, opened, log)
+            return self._fail_unopened(claimed, opened, log, started)
         fh = os.fdopen(opened, "rb")
         try:
-            ready = self._validate(claimed, fh, log)
+            ready = self._validate(claimed, fh, log, started)
         except OSError as exc:
             ready = Problem("unreadable", f"{claimed.pair.audio.name}: {exc.strerror or exc}")
         if isinstance(ready, Prepared):
@@ -116,10 +118,12 @@ class Pipeline:
         if isinstance(ready, Unsettled):
             return self._release_unsettled(claimed, None, ready, log)
         if isinstance(ready, Problem):
-            return self._fail_unopened(claimed, ready, log)
+            return self._fail_unopened(claimed, ready, log, started)
         return ready
 
-    def _validate(self, claimed: Claimed, fh: io.BufferedReader, log: Log) -> Prepared | Problem | Unsettled | Finished:
+    def _validate(
+        self, claimed: Claimed, fh: io.BufferedReader, log: Log, started: float
+    ) -> Prepared | Problem | Unsettled | Finished:
         st = os.fstat(fh.fileno())
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         sidecar: dict[str, Any] | None = None
@@ -150,7 +154,7 @@ class Pipeline:
             return settled
         row = self.ledger.open_row(rid, digest, str(claimed.pair.audio), st.st_size)
         content_type = CONTENT_TYPES[os.path.splitext(claimed.pair.audio.name)[1].lower()]
-        return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log)
+        return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started)
 
     def _settle_known(self, claimed: Claimed, rid: str, digest: str, size: int, log: Log) -> Finished | Problem | None:
         """What the ledger already knows decides: a crash leftover, a duplicate, or a conflict."""
@@ -168,7 +172,7 @@ class Pipeline:
             self.ledger.record_terminal(
                 rid, digest, str(claimed.pair.audio), size, "duplicate", duplicate_of=job, destination=str(dest)
             )
-            log.info("upload.duplicate", job_id=job, destination=str(dest))
+            log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
             self.recorder.finished("duplicate")
             return "duplicate"
         if uploaded and self.options.on_conflict == "fail":
@@ -244,12 +248,14 @@ class Pipeline:
             "rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
         )
         extra = {"http_status": outcome.status, "server_code": outcome.code, "server_message": outcome.message}
-        self._fail(prep.claimed, problem, prep.log, row=prep.row, recording_id=prep.row.recording_id, **extra)
+        self._fail(
+            prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id, **extra
+        )
 
     def give_up(self, prep: Prepared, waited_s: float, last: str) -> None:
         prep.fh.close()
         problem = Problem("gave_up", f"transient errors for {waited_s:.0f} s (last: {last}); drop it again to retry")
-        self._fail(prep.claimed, problem, prep.log, row=prep.row, recording_id=prep.row.recording_id)
+        self._fail(prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id)
 
     def release(self, prep: Prepared, why: str) -> None:
         """Put a prepared pair back in the inbox untouched (shutdown, or it changed)."""
@@ -269,12 +275,20 @@ class Pipeline:
 
     # -- failure -------------------------------------------------------------------------
 
-    def _fail_unopened(self, claimed: Claimed, problem: Problem, log: Log) -> Finished:
+    def _fail_unopened(self, claimed: Claimed, problem: Problem, log: Log, started: float) -> Finished:
         stem = PurePosixPath(claimed.pair.audio.name).stem
-        return self._fail(claimed, problem, log, row=None, recording_id=stem)
+        return self._fail(claimed, problem, log, started, row=None, recording_id=stem)
 
     def _fail(
-        self, claimed: Claimed, problem: Problem, log: Log, *, row: Row | None, recording_id: str, **extra: Any
+        self,
+        claimed: Claimed,
+        problem: Problem,
+        log: Log,
+        started: float,
+        *,
+        row: Row | None,
+        recording_id: str,
+        **extra: Any,
     ) -> Finished:
         error = error_document(
             claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra
@@ -286,7 +300,10 @@ class Pipeline:
             self.ledger.record_terminal(recording_id, "", str(claimed.pair.audio), size, "failed", **fields)
         else:
             self.ledger.transition(row.id, "failed", **fields)
-        log.warning("upload.failed", reason=problem.code, message=problem.message, destination=str(dest))
+        ms = round((self.clock.monotonic() - started) * 1000)
+        log.warning(
+            "upload.failed", reason=problem.code, message=problem.message, destination=str(dest), bytes=size, ms=ms
+        )
         self.recorder.finished("failed")
         return "failed"
 
