@@ -17,6 +17,8 @@ from vocwatch.pairing import (
     Entry,
     Rules,
     classify,
+    group_key,
+    ignore_pattern,
     is_ignored,
     is_text,
     observe,
@@ -237,6 +239,56 @@ IGNORE_TABLE = [
 @pytest.mark.parametrize(("name", "ignored"), IGNORE_TABLE, ids=[c[0] for c in IGNORE_TABLE])
 def test_default_ignore_patterns(name: str, ignored: bool) -> None:
     assert is_ignored(name, DEFAULT_IGNORE) is ignored
+
+
+# -- the string shortcuts agree with pathlib and fnmatch ------------------------------------------
+
+
+def _pathlib_classify(name: str) -> tuple[str, str]:
+    """classify as first written, with pathlib: the string version must answer the same."""
+    path = PurePosixPath(name)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        inner = PurePosixPath(path.stem)
+        if inner.suffix.lower() in AUDIO_EXTENSIONS:
+            return "sidecar", inner.stem
+        return "sidecar", path.stem
+    if suffix in AUDIO_EXTENSIONS:
+        return "audio", path.stem
+    return "other", path.stem if suffix else name
+
+
+_PIECES = st.sampled_from(["a", "B", ".", "..", " ", ".wav", ".WAV", ".mp3", ".json", ".Json", ".txt", "é", "\udcff"])
+tricky_names = st.lists(_PIECES, min_size=1, max_size=6).map("".join)
+file_names = tricky_names.filter(lambda n: n not in (".", ".."))
+folders = st.sampled_from(["", "d/", "d/e/", "a.wav/"])
+
+
+@settings(deadline=None)
+@given(st.one_of(tricky_names, st.text()))
+def test_classify_answers_as_pathlib_does(name: str) -> None:
+    assert classify(name) == _pathlib_classify(name)
+
+
+@settings(deadline=None)
+@given(
+    name=st.one_of(tricky_names, st.text()),
+    patterns=st.one_of(
+        st.lists(st.sampled_from([*DEFAULT_IGNORE, "*", "?.wav", "[ab]*", "[!a]*", "a*b*c"]), max_size=4),
+        st.lists(st.text("*?[]!-ab.", max_size=6), max_size=4),
+    ),
+)
+def test_one_compiled_ignore_pattern_answers_as_fnmatch_does(name: str, patterns: list[str]) -> None:
+    assert (ignore_pattern(patterns).match(name) is not None) is is_ignored(name, patterns)
+
+
+@settings(deadline=None)
+@given(folder_a=folders, a=file_names, folder_b=folders, b=file_names)
+def test_group_key_joins_files_of_one_folder_and_pair_key(folder_a: str, a: str, folder_b: str, b: str) -> None:
+    rel_a, rel_b = PurePosixPath(folder_a + a), PurePosixPath(folder_b + b)
+    same = (rel_a.parent, classify(a)[1]) == (rel_b.parent, classify(b)[1])
+    assert (group_key(rel_a) == group_key(rel_b)) is same
+    assert group_key(str(rel_a)) == group_key(rel_a)
 
 
 # -- properties of the name rules -----------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from conftest import Spool, drop, running, wait_for
 from ingest_support import captured_log, notify_socket, put, put_atomic, wav_bytes, write_settings
 
+from vocwatch import watcher
 from vocwatch.config import Settings
 from vocwatch.notify import SdNotifier
 from vocwatch.reasons import REASONS
@@ -186,6 +187,62 @@ def test_an_observer_that_dies_is_noticed_logged_and_restarted(
         drop(spool.inbox, "after.wav", "after")
         wait_for(done(spool, "after.wav"), what="pair after the restart")
     assert any(line["event"] == "watch.lost" for line in log())
+
+
+def test_the_event_filter_drops_only_events_that_make_no_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two observers on one folder, one without the filter: every file operation vocwatch must hear of
+    # (writes, closes, reopens, reads, chmod, renames in and out, folders) gives both the same hints.
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    (inbox / "mode.wav").write_bytes(b"m")  # only its chmod will be heard
+    heard: dict[str, set[tuple[str, str, str | None]]] = {"filtered": set(), "all": set()}
+    watchers: list[watcher.Watcher] = []
+    for name in heard:
+        with monkeypatch.context() as m:
+            if name == "all":
+                m.setattr(watcher, "hinted_event_types", lambda: None)
+            w = watcher.Watcher(
+                inbox,
+                lambda path, event, src, seen=heard[name]: seen.add((path, event, src)),
+                mode="inotify",
+                recursive=True,
+                poll_interval_s=1.0,
+            )
+            assert w.start()
+            watchers.append(w)
+
+    def both_heard(path: Path, event: str, src: Path | None = None) -> None:
+        hint = (str(path), event, None if src is None else str(src))
+        wait_for(lambda: all(hint in seen for seen in heard.values()), what=f"{event} {path}")
+
+    try:
+        (inbox / "a.wav").write_bytes(b"1")  # created, opened, modified, closed
+        with open(inbox / "a.wav", "ab") as fh:  # reopened to append
+            fh.write(b"2")
+        (inbox / "a.wav").read_bytes()  # opened and closed without writing
+        os.chmod(inbox / "mode.wav", 0o600)
+        (inbox / ".b.wav.tmp").write_bytes(b"b")
+        os.rename(inbox / ".b.wav.tmp", inbox / "b.wav")  # rule 2: renamed from an ignored name
+        os.rename(inbox / "b.wav", outside / "b.wav")  # as a claim does
+        os.mkdir(inbox / "sub")
+        both_heard(inbox / "sub", "changed")  # its watch is in place: what follows is seen the same way
+        (inbox / "sub" / "c.json").write_text("{}")
+        os.rename(inbox / "sub", inbox / "sub2")
+        # Watchdog makes up a move for each file of a moved folder, if the file is still there.
+        both_heard(inbox / "sub2" / "c.json", "moved", inbox / "sub" / "c.json")
+        os.unlink(inbox / "sub2" / "c.json")
+        os.rmdir(inbox / "sub2")
+        os.unlink(inbox / "a.wav")
+        (inbox / "end").write_bytes(b"")
+        both_heard(inbox / "end", "closed")
+    finally:
+        for w in watchers:
+            w.stop()
+    assert heard["filtered"] == heard["all"]
+    assert (str(inbox / "mode.wav"), "changed", None) in heard["all"]
+    events = {event for _, event, _ in heard["all"]}
+    assert events >= {"created", "opened", "changed", "closed", "closed_no_write", "moved", "deleted", "folder_gone"}
 
 
 # -- the inotify watch limit, for real, in a user namespace of its own ------------------

@@ -25,6 +25,7 @@ No I/O and no clock here: callers pass what they observed and ``now``.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -35,7 +36,11 @@ from vocwatch.model import Pair, Problem
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
 CLOSE_GRACE_S = 1.0
 Kind = Literal["audio", "sidecar", "other"]
-Key = tuple[str, str]
+# A relative, "/"-separated path. The planner keeps str: on a 100,000-pair backlog, PurePosixPaths
+# cost ~35 MB more, and building them was most of the scan's time.
+Rel = str | PurePosixPath
+# A pair group: the path without its pair suffix (``sub/call`` for sub/call.wav and sub/call.mp3.json).
+Key = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,7 @@ class Entry:
     when a finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled while unchanged.
     """
 
-    rel: PurePosixPath
+    rel: Rel
     size: int
     mtime_ns: int
     first_seen: float
@@ -66,7 +71,7 @@ class Entry:
 
 def observe(
     previous: Entry | None,
-    rel: PurePosixPath,
+    rel: Rel,
     size: int,
     mtime_ns: int,
     now: float,
@@ -110,24 +115,40 @@ def is_ignored(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def ignore_pattern(patterns: Iterable[str]) -> re.Pattern[str]:
+    """``is_ignored`` as one compiled regex (``.match``): a scan asks it for every file."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``PurePosixPath(name).stem`` and ``.suffix`` of a plain file name, without building a path."""
+    i = name.rfind(".")
+    if 0 < i < len(name) - 1:
+        return name[:i], name[i:]
+    return name, ""
+
+
 def classify(name: str) -> tuple[Kind, str]:
     """The kind of a file name and its pair key: ``call.mp3`` and ``call.json`` share ``call``;
     ``call.mp3.json`` pairs with ``call.mp3`` only. Extensions match case-insensitively.
     """
-    path = PurePosixPath(name)
-    suffix = path.suffix.lower()
+    # Names are split as strings (pathlib's rules), only a name with a "/" goes through pathlib.
+    stem, suffix = _split(name if "/" not in name else PurePosixPath(name).name)
+    suffix = suffix.lower()
     if suffix == ".json":
-        inner = PurePosixPath(path.stem)
-        if inner.suffix.lower() in AUDIO_EXTENSIONS:
-            return "sidecar", inner.stem
-        return "sidecar", path.stem
+        inner_stem, inner_suffix = _split(stem)
+        if inner_suffix.lower() in AUDIO_EXTENSIONS:
+            return "sidecar", inner_stem
+        return "sidecar", stem
     if suffix in AUDIO_EXTENSIONS:
-        return "audio", path.stem
-    return "other", path.stem if suffix else name
+        return "audio", stem
+    return "other", stem if suffix else name
 
 
 def is_text(text: str) -> bool:
     """True when ``text`` is valid Unicode (a name decoded from bytes that were not UTF-8 is not)."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -172,6 +193,15 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
+class Decided:
+    """``plan``'s answer with each ready pair as (recording, sidecar or None) str paths."""
+
+    ready: list[tuple[str, str | None]] = field(default_factory=list)
+    expired: list[Expired] = field(default_factory=list)
+    waiting: dict[Key, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Rules:
     settle_s: float
     pair_timeout_s: float
@@ -182,16 +212,26 @@ class Rules:
         return min(self.settle_s, CLOSE_GRACE_S)
 
 
-def group_key(rel: PurePosixPath) -> Key:
-    return (str(rel.parent), classify(rel.name)[1])
+def group_key(rel: Rel) -> Key:
+    path = str(rel)
+    cut = path.rfind("/") + 1
+    return path[: cut + len(classify(path[cut:])[1])]  # the pair key is always a prefix of the name
 
 
 def plan(entries: Sequence[Entry], now: float, rules: Rules) -> Plan:
     """Decide, for the entries of some pair groups, which pairs are ready, waiting or expired."""
-    groups: dict[Key, list[Entry]] = {}
+    decided = decide(entries, now, rules)
+    ready = [Pair(PurePosixPath(a), PurePosixPath(s) if s is not None else None) for a, s in decided.ready]
+    return Plan(ready, decided.expired, decided.waiting)
+
+
+def decide(entries: Sequence[Entry], now: float, rules: Rules) -> Decided:
+    """``plan`` without building paths for the ready pairs (the planner may hold 100,000 of them)."""
+    groups: dict[Key, list[_File]] = {}
     for entry in entries:
-        groups.setdefault(group_key(entry.rel), []).append(entry)
-    result = Plan()
+        file = _File(entry)
+        groups.setdefault(file.key, []).append(file)
+    result = Decided()
     for key, members in groups.items():
         deadline = _plan_group(members, now, rules, result)
         if deadline is not None:
@@ -199,107 +239,120 @@ def plan(entries: Sequence[Entry], now: float, rules: Rules) -> Plan:
     return result
 
 
-def _kind(entry: Entry) -> Kind:
-    return classify(entry.rel.name)[0]
+class _File:
+    """An entry with its name taken apart once: planning asks for each part several times."""
+
+    __slots__ = ("entry", "key", "kind", "name", "path", "stem", "suffix")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        self.path = path = str(entry.rel)
+        cut = path.rfind("/") + 1
+        self.name = name = path[cut:]
+        self.kind, pair_key = classify(name)
+        self.key = path[: cut + len(pair_key)]
+        self.stem, suffix = _split(name)
+        self.suffix = suffix.lower()
+
+    def posix(self) -> PurePosixPath:
+        rel = self.entry.rel
+        return rel if isinstance(rel, PurePosixPath) else PurePosixPath(rel)
 
 
-def _plan_group(members: list[Entry], now: float, rules: Rules, out: Plan) -> float | None:
+def _plan_group(members: list[_File], now: float, rules: Rules, out: Decided) -> float | None:
     """Append this group's ready or expired pairs to ``out``; return its next deadline if waiting."""
-    members = sorted(members, key=lambda e: (_kind(e) == "sidecar", str(e.rel)))
-    if not all(is_text(str(e.rel)) for e in members):
+    members.sort(key=lambda f: (f.kind == "sidecar", f.path))
+    if not all(is_text(f.path) for f in members):
         return _plan_bad_names(members, now, rules, out)
     pairs, ambiguous = _match(members)
     deadlines: list[float] = []
     for files, problem in ambiguous:
-        settled_at = max(e.settled_at(rules) for e in files)
+        settled_at = max(f.entry.settled_at(rules) for f in files)
         if settled_at <= now:
-            out.expired.append(Expired(tuple(e.rel for e in files), problem))
+            out.expired.append(Expired(tuple(f.posix() for f in files), problem))
         else:
             deadlines.append(settled_at)
     for rec, side in pairs:
-        present = [e for e in (rec, side) if e is not None]
-        settled_at = max(e.settled_at(rules) for e in present)
-        alone_ok = rec is not None and not rules.require_sidecar and _kind(rec) == "audio"
+        present = [f for f in (rec, side) if f is not None]
+        settled_at = max(f.entry.settled_at(rules) for f in present)
+        alone_ok = rec is not None and not rules.require_sidecar and rec.kind == "audio"
         if (rec is not None and side is not None) or alone_ok:
             if settled_at <= now:
-                out.ready.append(Pair(present[0].rel, side.rel if side is not None else None))
+                out.ready.append((present[0].path, side.path if side is not None else None))
             else:
                 deadlines.append(settled_at)
             continue
-        if rec is not None and _kind(rec) == "other":
+        if rec is not None and rec.kind == "other":
             continue  # an unrelated file with no sidecar is none of our business
         # The timeout runs from when the file was complete: a long recording written in real time
         # must not time out while it is still being written.
         expires_at = settled_at + rules.pair_timeout_s
         if expires_at <= now:
-            out.expired.append(Expired((present[0].rel,), _orphan_problem(present[0].rel, rules)))
+            out.expired.append(Expired((present[0].posix(),), _orphan_problem(present[0].name, rules)))
         else:
             deadlines.append(expires_at)
     return min(deadlines) if deadlines else None
 
 
-def _match(members: list[Entry]) -> tuple[list[tuple[Entry | None, Entry | None]], list[tuple[list[Entry], Problem]]]:
+def _match(members: list[_File]) -> tuple[list[tuple[_File | None, _File | None]], list[tuple[list[_File], Problem]]]:
     """Pair sidecars with recordings: ``NAME.mp3.json`` names one, ``NAME.json`` any with that stem."""
-    candidates = [e for e in members if _kind(e) != "sidecar"]
-    sidecars = [e for e in members if _kind(e) == "sidecar"]
+    candidates = [f for f in members if f.kind != "sidecar"]
+    # Each sidecar with the stem and suffix of its own stem: NAME.mp3 for NAME.mp3.json.
+    sidecars = [(f, *_split(f.stem)) for f in members if f.kind == "sidecar"]
     # The exact form claims its recording first, so NAME.json can never steal it.
-    sidecars.sort(key=lambda s: PurePosixPath(s.rel.stem).suffix.lower() not in AUDIO_EXTENSIONS)
-    pairs: list[tuple[Entry | None, Entry | None]] = []
-    ambiguous: list[tuple[list[Entry], Problem]] = []
-    used: set[PurePosixPath] = set()
-    for side in sidecars:
-        inner = PurePosixPath(side.rel.stem)
-        if inner.suffix.lower() in AUDIO_EXTENSIONS:
-            match = [c for c in candidates if _same_name(c.rel, inner)]
+    sidecars.sort(key=lambda s: s[2].lower() not in AUDIO_EXTENSIONS)
+    pairs: list[tuple[_File | None, _File | None]] = []
+    ambiguous: list[tuple[list[_File], Problem]] = []
+    used: set[str] = set()
+    for side, inner_stem, inner_suffix in sidecars:
+        if inner_suffix.lower() in AUDIO_EXTENSIONS:
+            named = inner_suffix.lower()
+            match = [c for c in candidates if c.stem == inner_stem and c.suffix == named]
         else:
-            match = [c for c in candidates if c.rel.stem == side.rel.stem and c.rel not in used]
+            match = [c for c in candidates if c.stem == side.stem and c.path not in used]
         if len(match) > 1:
-            names = " or ".join(m.rel.name for m in match)
+            names = " or ".join(m.name for m in match)
             problem = Problem(
                 "ambiguous_sidecar",
-                f"{side.rel.name} could belong to {names}; name it after one recording, e.g. {match[0].rel.name}.json",
+                f"{side.name} could belong to {names}; name it after one recording, e.g. {match[0].name}.json",
             )
             ambiguous.append(([*match, side], problem))
-            used.update(m.rel for m in match)
+            used.update(m.path for m in match)
             continue
         pairs.append((match[0] if match else None, side))
-        used.update(m.rel for m in match)
-    pairs.extend((c, None) for c in candidates if c.rel not in used)
+        used.update(m.path for m in match)
+    pairs.extend((c, None) for c in candidates if c.path not in used)
     return pairs, ambiguous
 
 
-def _same_name(rel: PurePosixPath, named: PurePosixPath) -> bool:
-    return rel.stem == named.stem and rel.suffix.lower() == named.suffix.lower()
-
-
-def _plan_bad_names(members: list[Entry], now: float, rules: Rules, out: Plan) -> float | None:
+def _plan_bad_names(members: list[_File], now: float, rules: Rules, out: Decided) -> float | None:
     """A group whose names are not valid UTF-8 fails as a whole, once its files are complete."""
-    if all(_kind(e) == "other" for e in members):
+    if all(f.kind == "other" for f in members):
         return None
-    settled_at = max(e.settled_at(rules) for e in members)
+    settled_at = max(f.entry.settled_at(rules) for f in members)
     if settled_at > now:
         return settled_at
-    bad = next(e.rel for e in members if not is_text(str(e.rel)))
+    bad = next(f.path for f in members if not is_text(f.path))
     problem = Problem(
         "invalid_name",
-        f"{printable(str(bad))}: the name is not valid UTF-8 and cannot be sent or recorded; "
+        f"{printable(bad)}: the name is not valid UTF-8 and cannot be sent or recorded; "
         "rename it (e.g. convmv -f latin1 -t utf8) and drop it again",
     )
-    out.expired.append(Expired(tuple(e.rel for e in members), problem))
+    out.expired.append(Expired(tuple(f.posix() for f in members), problem))
     return None
 
 
-def _orphan_problem(rel: PurePosixPath, rules: Rules) -> Problem:
+def _orphan_problem(name: str, rules: Rules) -> Problem:
     waited = f"{rules.pair_timeout_s:g} s"
-    kind, stem = classify(rel.name)
+    kind, stem = classify(name)
     if kind == "sidecar":
         return Problem(
             "missing_recording",
-            f"sidecar {rel.name} waited {waited} for {stem}.mp3 or {stem}.wav, which never came; "
+            f"sidecar {name} waited {waited} for {stem}.mp3 or {stem}.wav, which never came; "
             "drop the recording and its sidecar again together",
         )
     return Problem(
         "missing_sidecar",
-        f"recording {rel.name} waited {waited} for its sidecar {stem}.json, which never came; "
+        f"recording {name} waited {waited} for its sidecar {stem}.json, which never came; "
         "drop both again, or set watch.require_sidecar = false to upload lone recordings",
     )

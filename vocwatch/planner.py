@@ -12,17 +12,18 @@ import queue
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import structlog
 
 from vocwatch import pairing
 from vocwatch.folders import Claimed, Folders
+from vocwatch.inbox import Inbox
 from vocwatch.model import Clock, Pair
-from vocwatch.pairing import Entry, Key, Rules, printable
+from vocwatch.pairing import Key, Rules, printable
 from vocwatch.pipeline import error_document
 from vocwatch.pool import Pool
 from vocwatch.validate import open_for_writing
@@ -35,6 +36,11 @@ Hint = tuple[str, str, str | None]
 # were lost (for polling: twice the interval, plus time to take the snapshot).
 UNANNOUNCED_AGE_S = 1.0
 CLAIM_RETRY_S = 1.0
+# Pair groups planned at a time: a 100,000-pair first scan is not planned (and held) all at once,
+# and the pool is fed between slices, so the first claim need not wait for the whole plan.
+PLAN_SLICE = 2000
+# A ready pair: its recording and its sidecar (or None), relative to the inbox.
+Ready = tuple[str, str | None]
 EVENTS_LOST_FIX = (
     "events were lost (inotify queue overflow or watch limit, or a network filesystem); the rescan "
     "took these files. Raise fs.inotify.max_user_watches / max_queued_events (sysctl), or set "
@@ -57,20 +63,17 @@ class Planner:
         self._clock = clock
         self._opts = options
         self._root = folders.inbox
+        self._log = log or structlog.get_logger("vocwatch.planner")
+        self._inbox = Inbox(folders.inbox, ignore=options.ignore, recursive=options.recursive, log=self._log)
         self._hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
-        self._entries: dict[PurePosixPath, Entry] = {}
-        self._groups: dict[Key, set[PurePosixPath]] = {}
-        self._dirty: set[Key] = set()
         self._deadlines: list[tuple[float, Key]] = []
         self._scheduled: dict[Key, float] = {}
-        self._ready: deque[Pair] = deque()
-        self._ready_set: set[Pair] = set()
+        self._ready: deque[Ready] = deque()
+        self._ready_set: set[Ready] = set()
         self._leftovers: deque[Claimed] = deque()
-        self._unreadable: set[str] = set()
         self._rescan_requested = False
         self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
         self._stop = threading.Event()
-        self._log = log or structlog.get_logger("vocwatch.planner")
         self.scans = 0
         self.unannounced = 0
         self.last_progress = clock.monotonic()
@@ -87,7 +90,7 @@ class Planner:
 
     @property
     def pending(self) -> int:
-        return len(self._entries)
+        return len(self._inbox.entries)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -125,16 +128,20 @@ class Planner:
         self._rescan_requested = False
         now = self._clock.monotonic()
         wall = self._clock.time()
-        seen: set[PurePosixPath] = set()
+        known = self._inbox.entries
+        # What was known and is not seen again is gone; on a first scan nothing was (no 200,000-name set).
+        seen: set[str] | None = set() if known else None
         unannounced = 0
-        for rel, st in self._walk(self._root):
-            seen.add(rel)
+        for rel, st in self._inbox.walk():
+            if seen is not None:
+                seen.add(rel)
             within = self._announce_within
-            if periodic and within is not None and rel not in self._entries and wall - st.st_ctime > within:
+            if periodic and within is not None and rel not in known and wall - st.st_ctime > within:
                 unannounced += 1
-            self._observe(rel, st, now)
-        for rel in [r for r in self._entries if r not in seen]:
-            self._forget(rel)
+            self._inbox.observe(rel, st, now)
+        if seen is not None:
+            for rel in [r for r in known if r not in seen]:
+                self._inbox.forget(rel)
         for claimed, whole in self._folders.claims_in_work(self._opts.rules.require_sidecar):
             if self._pool.owns(claimed) or any(c.audio == claimed.audio for c in self._leftovers):
                 continue
@@ -155,19 +162,28 @@ class Planner:
             at, key = heapq.heappop(self._deadlines)
             if self._scheduled.get(key) == at:
                 del self._scheduled[key]
-                self._dirty.add(key)
-        if self._dirty:
-            keys, self._dirty = self._dirty, set()
-            entries = [self._entries[r] for key in keys for r in self._groups.get(key, ())]
-            decided = pairing.plan(entries, now, self._opts.rules)
-            for pair in decided.ready:
-                if pair not in self._ready_set:
-                    self._ready_set.add(pair)
-                    self._ready.append(pair)
-            for expired in decided.expired:
-                self._expire(expired)
-            for key, at in decided.waiting.items():
-                self._schedule(key, at)
+                self._inbox.dirty.add(key)
+        # What changes while this runs (claims, expiries) is planned at the next step.
+        keys = self._inbox.take_dirty()
+        for start in range(0, len(keys), PLAN_SLICE):
+            self._plan(keys[start : start + PLAN_SLICE])
+            self._feed()
+        if not keys:
+            self._feed()
+
+    def _plan(self, keys: list[Key]) -> None:
+        entries = [entry for key in keys for entry in self._inbox.members(key)]
+        decided = pairing.decide(entries, self._clock.monotonic(), self._opts.rules)
+        for pair in decided.ready:
+            if pair not in self._ready_set:
+                self._ready_set.add(pair)
+                self._ready.append(pair)
+        for expired in decided.expired:
+            self._expire(expired)
+        for key, at in decided.waiting.items():
+            self._schedule(key, at)
+
+    def _feed(self) -> None:
         while self._leftovers and self._pool.has_room():
             leftover = self._leftovers.popleft()
             # A worker may have finished it since the scan listed it.
@@ -192,127 +208,42 @@ class Planner:
             interval = float(src[5:]) if src is not None and src.startswith("poll:") else 0.0
             self._announce_within = None if event == "not_watching" else max(UNANNOUNCED_AGE_S, 2 * interval + 1)
             return
-        src_rel = self._rel(src) if src is not None else None
+        inbox = self._inbox
+        src_rel = inbox.rel(src) if src is not None else None
         if src_rel is not None:
-            self._vanished(src_rel, folder=event == "folder_gone")
-        rel = self._rel(path)
+            inbox.vanished(src_rel, folder=event == "folder_gone")
+        rel = inbox.rel(path)
         if rel is None:
             return
         if event in ("deleted", "folder_gone"):
-            self._vanished(rel, folder=event == "folder_gone")
+            inbox.vanished(rel, folder=event == "folder_gone")
             return
-        if rel == PurePosixPath(".") or self._ignored(rel):
+        if rel == "." or inbox.ignored(rel):
             return
         try:
-            st = os.lstat(self._root / rel)
+            st = os.lstat(inbox.path(rel))
         except OSError:
-            self._vanished(rel, folder=False)
+            inbox.vanished(rel, folder=False)
             return
         now = self._clock.monotonic()
         if stat.S_ISDIR(st.st_mode):
             if self._opts.recursive:  # a new folder: its files may predate our watch on it
-                for sub, sub_st in self._walk(self._root / rel):
-                    self._observe(sub, sub_st, now)
+                for sub, sub_st in inbox.walk(rel):
+                    inbox.observe(sub, sub_st, now)
             return
-        if len(rel.parts) > 1 and not self._opts.recursive:
+        if "/" in rel and not self._opts.recursive:
             return
         if event == "opened":  # a reopen voids an earlier close (pairing.py, rule 3)
-            entry = self._entries.get(rel)
+            entry = inbox.entries.get(rel)
             if entry is not None and entry.complete_at is not None:
-                self._entries[rel] = pairing.reopened(entry)
-                self._dirty.add(pairing.group_key(rel))
+                inbox.reopen(rel)
             return
-        if event == "moved" and src_rel is not None and self._ignored(src_rel):
-            self._observe(rel, st, now, complete_at=now, renamed=True)  # rule 2
+        if event == "moved" and src_rel is not None and inbox.ignored(src_rel):
+            inbox.observe(rel, st, now, complete_at=now, renamed=True)  # rule 2
         elif event == "closed":
-            self._observe(rel, st, now, complete_at=now + self._opts.rules.close_grace_s)  # rule 3
+            inbox.observe(rel, st, now, complete_at=now + self._opts.rules.close_grace_s)  # rule 3
         else:
-            self._observe(rel, st, now)
-
-    def _rel(self, path: str) -> PurePosixPath | None:
-        try:
-            return PurePosixPath(Path(path).relative_to(self._root).as_posix())
-        except ValueError:
-            return None
-
-    def _ignored(self, rel: PurePosixPath) -> bool:
-        return any(pairing.is_ignored(part, self._opts.ignore) for part in rel.parts)
-
-    # -- what is known -------------------------------------------------------------------
-
-    def _walk(self, folder: Path) -> Iterator[tuple[PurePosixPath, os.stat_result]]:
-        """Every file below ``folder`` (not following links), without recursion: trees can be deep."""
-        stack = [folder]
-        while stack:
-            current = stack.pop()
-            try:
-                with os.scandir(current) as it:
-                    items = list(it)
-            except OSError as exc:
-                if str(current) not in self._unreadable:  # once per outage, not at every rescan
-                    self._unreadable.add(str(current))
-                    self._log.warning("scan.unreadable", folder=printable(str(current)), error=str(exc))
-                continue
-            self._unreadable.discard(str(current))
-            for item in items:
-                rel = PurePosixPath(Path(item.path).relative_to(self._root).as_posix())
-                if self._ignored(rel):
-                    continue
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if self._opts.recursive:
-                        stack.append(Path(item.path))
-                    continue
-                yield rel, st
-
-    def _observe(
-        self,
-        rel: PurePosixPath,
-        st: os.stat_result,
-        now: float,
-        complete_at: float | None = None,
-        renamed: bool = False,
-    ) -> None:
-        before = self._entries.get(rel)
-        entry = pairing.observe(
-            before,
-            rel,
-            st.st_size,
-            st.st_mtime_ns,
-            now,
-            ino=st.st_ino,
-            ctime_ns=st.st_ctime_ns,
-            complete_at=complete_at,
-            renamed=renamed,
-        )
-        if entry is before:
-            return
-        self._entries[rel] = entry
-        key = pairing.group_key(rel)
-        self._groups.setdefault(key, set()).add(rel)
-        self._dirty.add(key)
-
-    def _forget(self, rel: PurePosixPath) -> None:
-        if self._entries.pop(rel, None) is None:
-            return
-        key = pairing.group_key(rel)
-        members = self._groups.get(key)
-        if members is not None:
-            members.discard(rel)
-            if not members:
-                del self._groups[key]
-        self._dirty.add(key)
-
-    def _vanished(self, rel: PurePosixPath, *, folder: bool) -> None:
-        """A file, or with ``folder`` everything below a folder, is no longer in the inbox."""
-        if not folder:
-            self._forget(rel)
-            return
-        for r in [r for r in self._entries if rel in r.parents]:
-            self._forget(r)
+            inbox.observe(rel, st, now)
 
     def _schedule(self, key: Key, at: float) -> None:
         if key not in self._scheduled or at < self._scheduled[key]:
@@ -321,74 +252,77 @@ class Planner:
 
     # -- acting --------------------------------------------------------------------------
 
-    def _unchanged(self, rels: Iterable[PurePosixPath]) -> bool:
+    def _unchanged(self, rels: Iterable[str]) -> bool:
         """Look once more just before claiming: events can be late, polling can miss a write."""
         now = self._clock.monotonic()
+        inbox = self._inbox
         same = True
         for rel in rels:
             try:
-                st = os.lstat(self._root / rel)
+                st = os.lstat(inbox.path(rel))
             except OSError:
-                self._forget(rel)
+                inbox.forget(rel)
                 return False
-            before = self._entries.get(rel)
-            self._observe(rel, st, now)
-            same = same and self._entries.get(rel) is before
+            before = inbox.entries.get(rel)
+            inbox.observe(rel, st, now)
+            same = same and inbox.entries.get(rel) is before
         return same
 
-    def _still_written(self, rels: Iterable[PurePosixPath]) -> bool:
+    def _still_written(self, rels: Iterable[str]) -> bool:
         """For files taken before their settle wait: does a process still hold one open for writing?"""
         now = self._clock.monotonic()
         for rel in rels:
-            entry = self._entries[rel]
+            entry = self._inbox.entries[rel]
             if not pairing.taken_early(entry, now, self._opts.rules):
                 continue
             writing = open_for_writing(self._root / rel)
             if writing or (writing is None and not entry.renamed):  # pairing.py: a close alone proves nothing
-                self._entries[rel] = pairing.reopened(entry)
-                self._dirty.add(pairing.group_key(rel))
-                self._log.debug("claim.deferred", file=printable(str(rel)), open_for_writing=writing)
+                self._inbox.reopen(rel)
+                self._log.debug("claim.deferred", file=printable(rel), open_for_writing=writing)
                 return True
         return False
 
-    def _claim(self, pair: Pair) -> None:
-        rels = [p for p in (pair.audio, pair.sidecar) if p is not None]
+    def _claim(self, ready: Ready) -> None:
+        audio, sidecar = ready
+        rels = [audio] if sidecar is None else [audio, sidecar]
         if not self._unchanged(rels) or self._still_written(rels):
             return
         now = self._clock.monotonic()
-        if any(self._entries[rel].settled_at(self._opts.rules) > now for rel in rels):
+        if any(self._inbox.entries[rel].settled_at(self._opts.rules) > now for rel in rels):
             return  # reopened since it was found ready: the re-plan decides again
-        key = pairing.group_key(pair.audio)
+        key = pairing.group_key(audio)
+        pair = Pair(PurePosixPath(audio), PurePosixPath(sidecar) if sidecar is not None else None)
         try:
             claimed = self._folders.claim(pair)
         except OSError as exc:
             self._log.error(
                 "claim.failed",
-                file=printable(str(pair.audio)),
+                file=printable(audio),
                 error=str(exc),
                 fix="check that vocwatch may rename files in the inbox and work folders",
             )
             self._schedule(key, self._clock.monotonic() + self._opts.rescan_s)
             return
         if claimed is None:
-            gone = [rel for rel in rels if not os.path.lexists(self._root / rel)]
+            gone = [rel for rel in rels if not os.path.lexists(self._inbox.path(rel))]
             if not gone:
                 # A pair of the same name is still in work/: take this one once it has moved on.
                 self._schedule(key, self._clock.monotonic() + CLAIM_RETRY_S)
                 return
-            self._log.debug("claim.lost", file=printable(str(pair.audio)))
+            self._log.debug("claim.lost", file=printable(audio))
             for rel in gone:
-                self._forget(rel)  # what is left waits for a new partner
+                self._inbox.forget(rel)  # what is left waits for a new partner
             return
         for rel in rels:
-            self._forget(rel)
+            self._inbox.forget(rel)
         self._pool.offer(claimed)  # has_room() was checked, and only this thread offers
 
     def _expire(self, expired: pairing.Expired) -> None:
         first = expired.files[0]
-        if not any(os.path.lexists(self._root / rel) for rel in expired.files):
-            for rel in expired.files:  # gone meanwhile: nothing to fail, and no error file for nothing
-                self._forget(rel)
+        rels = [str(rel) for rel in expired.files]
+        if not any(os.path.lexists(self._inbox.path(rel)) for rel in rels):
+            for rel in rels:  # gone meanwhile: nothing to fail, and no error file for nothing
+                self._inbox.forget(rel)
             return
         error = error_document(first.name, None, pairing.classify(first.name)[1], expired.problem, self._clock)
         try:
@@ -397,8 +331,8 @@ class Planner:
             self._log.error("files.move_failed", file=printable(str(first)), error=str(exc))
             self._schedule(pairing.group_key(first), self._clock.monotonic() + self._opts.rescan_s)
             return
-        for rel in expired.files:
-            self._forget(rel)
+        for rel in rels:
+            self._inbox.forget(rel)
         self._log.warning(
             "upload.failed", file=printable(str(first)), reason=expired.problem.code, message=expired.problem.message
         )

@@ -1,0 +1,132 @@
+"""What the planner knows of the inbox: each file seen, the pair groups, and which groups changed.
+
+Paths are relative, "/"-separated str (not PurePosixPath): a 100,000-pair backlog holds 200,000.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vocwatch import pairing
+from vocwatch.pairing import Entry, Key, printable
+
+
+class Inbox:
+    def __init__(self, root: Path, *, ignore: Iterable[str], recursive: bool, log: Any) -> None:
+        self.root = root
+        self._root = str(root)
+        self._prefix = self._root.rstrip("/") + "/"
+        # One compiled pattern instead of fnmatch per pattern per name: the scan asks for every file.
+        self._ignore = pairing.ignore_pattern(ignore).match
+        self.recursive = recursive
+        self.entries: dict[str, Entry] = {}
+        # Tuples, not sets: a group holds two or three names, and 100,000 small sets cost 20 MB.
+        self._groups: dict[Key, tuple[str, ...]] = {}
+        self.dirty: set[Key] = set()
+        self._unreadable: set[str] = set()
+        self._log = log
+
+    def path(self, rel: str) -> str:
+        return self._prefix + rel
+
+    def rel(self, path: str) -> str | None:
+        """``path`` relative to the inbox ("." for the inbox itself), or None when outside it."""
+        if path.startswith(self._prefix):
+            rel = path[len(self._prefix) :]
+            parts = rel.split("/")
+            if "" not in parts and "." not in parts:  # already what pathlib would make of it
+                return rel
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    def ignored(self, rel: str) -> bool:
+        return rel != "." and any(self._ignore(part) for part in rel.split("/"))
+
+    def walk(self, rel: str = ".") -> Iterator[tuple[str, os.stat_result]]:
+        """Every file below ``rel`` (not following links), streamed and without recursion: trees can be deep."""
+        stack = ["" if rel == "." else rel + "/"]
+        while stack:
+            base = stack.pop()
+            folder = os.path.join(self._root, base[:-1]) if base else self._root
+            try:
+                with os.scandir(folder) as it:
+                    for item in it:
+                        name = item.name
+                        if self._ignore(name):  # the folders above were checked on the way down
+                            continue
+                        try:
+                            st = item.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if stat.S_ISDIR(st.st_mode):
+                            if self.recursive:
+                                stack.append(base + name + "/")
+                            continue
+                        yield base + name, st
+            except OSError as exc:
+                if folder not in self._unreadable:  # once per outage, not at every rescan
+                    self._unreadable.add(folder)
+                    self._log.warning("scan.unreadable", folder=printable(folder), error=str(exc))
+                continue
+            self._unreadable.discard(folder)
+
+    def observe(
+        self, rel: str, st: os.stat_result, now: float, complete_at: float | None = None, renamed: bool = False
+    ) -> None:
+        before = self.entries.get(rel)
+        entry = pairing.observe(
+            before,
+            rel,
+            st.st_size,
+            st.st_mtime_ns,
+            now,
+            ino=st.st_ino,
+            ctime_ns=st.st_ctime_ns,
+            complete_at=complete_at,
+            renamed=renamed,
+        )
+        if entry is before:
+            return
+        self.entries[rel] = entry
+        key = pairing.group_key(rel)
+        if before is None:
+            self._groups[key] = (*self._groups.get(key, ()), rel)
+        self.dirty.add(key)
+
+    def reopen(self, rel: str) -> None:
+        """Only the settle wait can prove ``rel`` complete now (pairing.py, rule 3)."""
+        self.entries[rel] = pairing.reopened(self.entries[rel])
+        self.dirty.add(pairing.group_key(rel))
+
+    def forget(self, rel: str) -> None:
+        if self.entries.pop(rel, None) is None:
+            return
+        key = pairing.group_key(rel)
+        rest = tuple(r for r in self._groups.get(key, ()) if r != rel)
+        if rest:
+            self._groups[key] = rest
+        else:
+            self._groups.pop(key, None)
+        self.dirty.add(key)
+
+    def vanished(self, rel: str, *, folder: bool) -> None:
+        """A file, or with ``folder`` everything below a folder, is no longer in the inbox."""
+        if not folder:
+            self.forget(rel)
+            return
+        prefix = "" if rel == "." else rel + "/"
+        for r in [r for r in self.entries if r.startswith(prefix)]:
+            self.forget(r)
+
+    def members(self, key: Key) -> list[Entry]:
+        return [self.entries[r] for r in self._groups.get(key, ())]
+
+    def take_dirty(self) -> list[Key]:
+        keys, self.dirty = list(self.dirty), set()
+        return keys
