@@ -94,3 +94,17 @@ def test_demo_command_exits_zero(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 delivered, 1 refused" in result.stderr
     assert len(list((tmp_path / "demo/spool/done").rglob("*.wav"))) == 2
+
+
+def test_proxy_settings_in_the_environment_are_not_taken(
+    spool: Spool, sim: Simulator, make_settings, monkeypatch
+) -> None:
+    # A daemon must not follow whatever proxy its start-up shell had; only api.proxy / api.trust_env do that.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with running(make_settings()):
+        drop(spool.inbox, "direct.wav", "direct-1")
+        [row] = wait_for(lambda: _settled(spool, 1), what="upload without the proxy")
+    assert row.state == "done" and row.attempts == 1
