@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import Spool, drop, running, wait_for
+from conftest import Spool, drop, running, start_daemon, wait_for
 
 from vocwatch.samples import write_sidecar, write_wav
 from vocwatch.simulator import Simulator
@@ -150,3 +150,47 @@ def test_auth_problem_is_logged_once_per_probe_interval_not_per_file(
     # One line when the pause begins, then at most one per failed probe, i.e. per 0.5 s interval.
     assert 1 <= out.count("upload.auth_paused") <= 2 + paused_for / 0.5
     assert sim.state.api_key not in out
+
+
+def test_same_recording_dropped_twice_at_once_is_sent_once(spool: Spool, sim: Simulator, make_settings) -> None:
+    sim.state.faults.latency_s = 0.5  # the first upload is still on the wire when the second is prepared
+    audio = write_wav(spool.inbox / ".twin.tmp", 0.2, freq=321)
+    data = audio.read_bytes()
+    audio.unlink()
+    for name in ("twin-a", "twin-b"):
+        write_sidecar(spool.inbox / f"{name}.json", "rec-twin")
+        (spool.inbox / f".{name}.tmp").write_bytes(data)
+        (spool.inbox / f".{name}.tmp").rename(spool.inbox / f"{name}.wav")
+    with running(make_settings(upload__workers=4, watch__settle_seconds=0.1)):
+        wait_for(lambda: sorted(r.state for r in spool.rows()) == ["done", "duplicate"], timeout=30, what="twins")
+    assert len(sim.state.received) == 1
+    assert sorted(spool.files(spool.done)) == ["twin-a.json", "twin-a.wav", "twin-b.json", "twin-b.wav"]
+
+
+def test_a_key_that_cannot_be_a_header_pauses_and_never_leaks(
+    spool: Spool, sim: Simulator, make_settings, monkeypatch, tmp_path: Path, capsys
+) -> None:
+    monkeypatch.delenv("VOCWATCH_API_KEY")
+    key_file = tmp_path / "api-key"
+    key_file.write_text(sim.state.api_key + "\nsecond line pasted by mistake\n")
+    with running(make_settings(api__api_key_file=key_file, upload__give_up_after_seconds=0.3)) as daemon:
+        drop(spool.inbox, "k.wav", "rec-key")
+        wait_for(lambda: daemon.parts.gate.state().auth_paused, what="auth pause")
+        wait_for(lambda: any(r.attempts >= 3 for r in spool.rows()), what="several probes")
+        assert spool.files(spool.failed) == []  # a refused key never counts towards give_up_after_seconds
+        key_file.write_text(sim.state.api_key + "\n")
+        wait_for(lambda: _all_done(spool, 1), what="upload once the key file is fixed")
+    out = capsys.readouterr().out
+    assert sim.state.api_key not in out
+    assert all(sim.state.api_key not in (r.last_error or "") for r in spool.rows())
+    assert sim.state.requests == 1  # the broken key was never sent
+
+
+def test_a_second_daemon_on_the_same_instance_refuses_to_start(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    with running(make_settings()):
+        second = start_daemon(tmp_path / "config.toml")
+        out, _ = second.communicate(timeout=30)
+    assert second.returncode == 75, out
+    assert "daemon.instance_busy" in out

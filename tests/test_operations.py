@@ -46,6 +46,7 @@ def test_done_after_completed_waits_in_uploaded_then_moves_by_job_outcome(
     assert spool.files(uploaded) == []
     rows = {r.recording_id: r for r in spool.rows()}
     assert rows["job-bad"].job_status == "failed" and rows["job-ok"].job_status == "completed"
+    assert rows["job-bad"].state == "failed" and rows["job-ok"].state == "done"
     assert "job.failed" in capsys.readouterr().out
 
 

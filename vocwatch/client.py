@@ -95,7 +95,13 @@ class CrescendoClient:
         key = self._key()
         if key is None or not key.get_secret_value():
             return AuthProblem(0, "no API key found")
-        return {"Authorization": f"Bearer {key.get_secret_value()}"}
+        secret = key.get_secret_value()
+        if not (secret.isascii() and secret.isprintable() and " " not in secret):
+            # Such a key cannot be a header; httpx's error would quote it, so it must never be sent.
+            return AuthProblem(
+                0, "the API key contains spaces, line breaks or non-ASCII characters; put it alone on one line"
+            )
+        return {"Authorization": f"Bearer {secret}"}
 
     def upload(
         self,

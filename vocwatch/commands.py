@@ -15,7 +15,7 @@ import structlog
 
 from vocwatch.cli import EX_NOINPUT, EX_NOPERM, settings_from
 from vocwatch.config import Settings
-from vocwatch.daemon import Daemon, build, check_layout, require_key
+from vocwatch.daemon import EX_TEMPFAIL, Daemon, build, check_layout, require_key
 from vocwatch.ledger import Ledger
 from vocwatch.model import Pair, SystemClock
 from vocwatch.notify import from_environment
@@ -36,8 +36,15 @@ def upload(args: argparse.Namespace) -> int:
     check_layout(settings)
     require_key(settings)
     log = structlog.get_logger("vocwatch.upload")
-    parts = build(settings)
+    # Its own work folder: the daemon may be running on the same config and must not see these claims.
+    parts = build(settings, instance=f"{settings.instance}-upload")
     parts.folders.ensure()
+    if not parts.folders.lock():
+        print(
+            f"vocwatch: another 'vocwatch upload' is running with this config ({parts.folders.work})", file=sys.stderr
+        )
+        parts.close()
+        return EX_TEMPFAIL
     outcomes: dict[str, str] = {}
     done = threading.Condition()
 

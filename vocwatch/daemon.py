@@ -29,6 +29,8 @@ from vocwatch.stats import Stats
 from vocwatch.stats import serve as serve_metrics
 from vocwatch.watcher import Watcher
 
+EX_TEMPFAIL = 75  # sysexits.h: try again later (the instance is busy)
+
 
 @dataclass
 class Parts:
@@ -45,6 +47,7 @@ class Parts:
     def close(self) -> None:
         self.client.close()
         self.ledger.close()
+        self.folders.unlock()
 
 
 def check_layout(settings: Settings) -> None:
@@ -78,13 +81,16 @@ def check_layout(settings: Settings) -> None:
         raise ConfigError(problems)
 
 
-def build(settings: Settings, clock: Clock | None = None, *, stats: Stats | None = None) -> Parts:
+def build(
+    settings: Settings, clock: Clock | None = None, *, stats: Stats | None = None, instance: str | None = None
+) -> Parts:
+    """Every real part from Settings; ``instance`` overrides the work sub-folder (the backfill has its own)."""
     clock = clock or SystemClock()
     stats = stats or Stats()
     f = settings.folders
     folders = Folders(
         inbox=f.inbox,
-        work=f.work_root / settings.instance,
+        work=f.work_root / (instance or settings.instance),
         done=f.done,
         failed=f.failed,
         uploaded=f.uploaded_root,
@@ -205,6 +211,15 @@ class Daemon:
     def run(self) -> int:
         p = self.parts
         p.folders.ensure()
+        if not p.folders.lock():
+            self.log.error(
+                "daemon.instance_busy",
+                work=str(p.folders.work),
+                fix="another vocwatch runs with this ledger and instance; stop it, or give this one "
+                "its own ledger.path or folders.instance",
+            )
+            p.close()
+            return EX_TEMPFAIL
         self.recover_ledger()
         if self.settings.metrics.listen:
             self._stop_metrics = serve_metrics(p.stats, self.settings.metrics.listen)

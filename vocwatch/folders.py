@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ class Folders:
         self.inbox = inbox
         self.work = work
         self.stages: dict[Stage, Path] = {"done": done, "failed": failed, "uploaded": uploaded}
+        self._lock_fd: int | None = None
 
     def ensure(self) -> None:
         """Create our own folders. Not the inbox: a missing inbox may be a share that is not mounted,
@@ -75,6 +77,27 @@ class Folders:
         # No fsync here: a claim lost to a power cut leaves the pair in the inbox to be claimed again, and
         # the ledger then knows it (duplicate or resend), so durability is bought at finish() instead.
         return claimed
+
+    def lock(self) -> bool:
+        """Take this instance's work folder for this process alone; False if another process holds it.
+
+        Without it a second process with the same instance (a backfill next to the daemon, a second
+        daemon on the same ledger) would take the other's claims for crash leftovers.
+        """
+        self.work.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd  # held until unlock() or the process exits
+        return True
+
+    def unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def sidecar_beside(self, audio_rel: PurePosixPath) -> PurePosixPath | None:
         """The sidecar still in work/ next to ``audio_rel``, if any."""

@@ -81,11 +81,10 @@ class Gate:
                 return newly
             elif isinstance(outcome, Retry):
                 self._failures += 1
-                delay = (
-                    outcome.after
-                    if outcome.after is not None
-                    else full_jitter(self._failures, self._initial, self._cap, self._rand)
-                )
+                # Retry-After is a floor, not a licence: "0" or a past date must not mean back-to-back probes.
+                delay = full_jitter(self._failures, self._initial, self._cap, self._rand)
+                if outcome.after is not None:
+                    delay = max(delay, outcome.after)
                 self._open_until = max(self._open_until or now, now + min(delay, self._cap))
             else:  # Accepted or Rejected: the server is answering for real
                 self._failures = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -93,6 +94,10 @@ class Pipeline:
         self.options = options
         self.recorder = recorder
         self.log = log or structlog.get_logger("vocwatch.pipeline")
+        # (recording id, sha256) of every pair between prepare() and done_with(): the same recording
+        # dropped twice at once must wait for the first to settle, then become its duplicate.
+        self._active: set[tuple[str, str]] = set()
+        self._active_lock = threading.Lock()
 
     # -- preparation ---------------------------------------------------------------------
 
@@ -149,12 +154,32 @@ class Pipeline:
             return Unsettled("the recording changed while it was hashed")
         rid = str(metadata["id"])
         log = log.bind(recording_id=rid)
-        settled = self._settle_known(claimed, rid, digest, st.st_size, log)
-        if settled is not None:
-            return settled
-        row = self.ledger.open_row(rid, digest, str(claimed.pair.audio), st.st_size)
+        with self._active_lock:
+            if (rid, digest) in self._active:
+                return Unsettled("the same recording is being uploaded under another name; it waits for that one")
+            self._active.add((rid, digest))
+        try:
+            settled = self._settle_known(claimed, rid, digest, st.st_size, log)
+            row = (
+                None if settled is not None else self.ledger.open_row(rid, digest, str(claimed.pair.audio), st.st_size)
+            )
+        except BaseException:
+            self._forget_active(rid, digest)
+            raise
+        if row is None:
+            self._forget_active(rid, digest)
+            return settled if settled is not None else "released"
         content_type = CONTENT_TYPES[os.path.splitext(claimed.pair.audio.name)[1].lower()]
         return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started)
+
+    def done_with(self, prep: Prepared) -> None:
+        """End of a prepared pair's journey, however it ended: close its file, free its recording id."""
+        prep.fh.close()
+        self._forget_active(prep.row.recording_id, prep.sha256)
+
+    def _forget_active(self, rid: str, digest: str) -> None:
+        with self._active_lock:
+            self._active.discard((rid, digest))
 
     def _settle_known(self, claimed: Claimed, rid: str, digest: str, size: int, log: Log) -> Finished | Problem | None:
         """What the ledger already knows decides: a crash leftover, a duplicate, or a conflict."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -65,7 +66,17 @@ class StatusPoller:
         for row in rows:
             if self._stop.is_set():
                 break
-            self._poll(row)
+            try:
+                self._poll(row)
+            except Exception as exc:  # a full disk or a moved file must not end polling for every job
+                self._log.error(
+                    "job.poll_failed",
+                    recording_id=row.recording_id,
+                    job_id=row.job_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                    fix="retried at the next poll interval",
+                )
+                self._ledger.update_job(row.id, next_poll_at=self._clock.time() + self._max)
         return len(rows)
 
     def _poll(self, row: Row) -> None:
@@ -77,6 +88,9 @@ class StatusPoller:
             self._on_status(outcome.status)
             finished = outcome.finished_ms / 1000 if outcome.finished_ms is not None else None
             final = outcome.status in ("completed", "failed")
+            if final and self._move:
+                # Files first: the final status stops the polling, so it is committed only once they moved.
+                self._settle_files(row, outcome, log)
             self._ledger.update_job(
                 row.id,
                 job_status=outcome.status,
@@ -89,8 +103,6 @@ class StatusPoller:
                 log.warning("job.failed", error=outcome.error)
             elif outcome.status == "completed":
                 log.info("job.completed")
-            if final and self._move:
-                self._settle_files(row, outcome, log)
             return
         if isinstance(outcome, Rejected):
             # The API no longer knows the job: stop asking, keep the record.
@@ -111,6 +123,8 @@ class StatusPoller:
             rel = PurePosixPath(audio.relative_to(root).as_posix())
         except ValueError:
             return  # not in uploaded/ (already moved, or moved by hand)
+        if not os.path.lexists(audio):
+            return  # moved before a crash took the ledger's note of it
         sidecar = next(
             (c for c in (audio.with_suffix(".json"), audio.with_name(audio.name + ".json")) if c.exists()), None
         )
@@ -123,5 +137,5 @@ class StatusPoller:
         problem = Problem("job_failed", f"Crescendo's job {row.job_id} failed: {status.error or 'no reason given'}")
         error = error_document(audio.name, side_rel, row.recording_id, problem, self._clock, job_id=row.job_id)
         dest = self._folders.finish(claimed, "failed", error=error)
-        self._ledger.update_job(row.id, destination=str(dest))
+        self._ledger.transition(row.id, "failed", destination=str(dest), last_error=f"job_failed: {status.error}")
         log.warning("files.job_failed", destination=str(dest))

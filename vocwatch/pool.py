@@ -53,13 +53,16 @@ class Pool:
         """Queue a claimed pair if there is room; never blocks."""
         if self._stopping.is_set():
             return False
+        paths = [str(p) for p in claimed.paths()]
+        # Registered before it is queued: a worker may finish it before put_nowait returns.
+        with self._lock:
+            self._in_flight.update(paths)
+            self._count += 1
         try:
             self._queue.put_nowait(claimed)
         except queue.Full:
+            self._forget(claimed)
             return False
-        with self._lock:
-            self._in_flight.update(str(p) for p in claimed.paths())
-            self._count += 1
         return True
 
     def has_room(self) -> bool:
@@ -137,12 +140,22 @@ class Pool:
         prepared = self._pipeline.prepare(claimed)
         if not isinstance(prepared, Prepared):
             return prepared
+        try:
+            return self._attempts(prepared)
+        finally:
+            self._pipeline.done_with(prepared)
+
+    def _attempts(self, prepared: Prepared) -> str:
         first_failure: float | None = None
         while True:
             if self._stopping.is_set() or not self._gate.acquire():
                 self._pipeline.release(prepared, "shutting down")
                 return "released"
-            outcome = self._pipeline.attempt(prepared)
+            try:
+                outcome = self._pipeline.attempt(prepared)
+            except BaseException:
+                self._gate.release()  # a probe that raised must not keep every other worker waiting
+                raise
             newly_paused = self._gate.report(outcome)
             if isinstance(outcome, AuthProblem):
                 if newly_paused:
@@ -153,10 +166,10 @@ class Pool:
                         fix="check the API key (api.api_key_file, VOCWATCH_API_KEY or CRESCENDO_API_KEY), "
                         "api.tenant_id and api.base_url; uploads resume by themselves once it works",
                     )
-            elif isinstance(outcome, Retry):
-                prepared.log.info("upload.retry", reason=outcome.reason, retry_after=outcome.after)
-            else:
+                continue  # a refused key is the configuration's fault: it never counts towards giving up
+            if not isinstance(outcome, Retry):
                 return type(outcome).__name__.lower()
+            prepared.log.info("upload.retry", reason=outcome.reason, retry_after=outcome.after)
             now = self._clock.monotonic()
             first_failure = now if first_failure is None else first_failure
             if self._give_up is not None and now - first_failure >= self._give_up:
