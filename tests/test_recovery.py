@@ -111,3 +111,21 @@ def test_lone_half_in_work_goes_back_to_the_inbox(spool: Spool, sim: Simulator, 
     with running(settings):
         wait_for(lambda: any(r.state == "done" for r in spool.rows()), what="pair re-formed and sent")
     assert spool.files(spool.done) == ["f.json", "f.wav"] and spool.files(spool.work) == []
+
+
+def test_done_row_whose_work_copies_survived_a_power_cut_drops_them(
+    spool: Spool, sim: Simulator, make_settings
+) -> None:
+    settings = make_settings()
+    claimed, sha = _claim(spool, settings, "g.wav", "rec-g")
+    _accepted_row(spool, claimed, "rec-g", sha, spool.done / "g.wav")
+    spool.done.mkdir(parents=True, exist_ok=True)
+    for path in claimed.paths():
+        os.link(path, spool.done / path.name)  # the links reached the disk, the unlinks from work/ did not
+    book = _ledger(spool)
+    book.transition(book.find("rec-g")[0].id, "done", destination=str(spool.done / "g.wav"))
+    book.close()
+    with running(settings):
+        wait_for(lambda: spool.files(spool.work) == [], what="work/ copies dropped")
+    assert spool.files(spool.done) == ["g.json", "g.wav"]
+    assert [r.state for r in spool.rows()] == ["done"] and sim.state.requests == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -98,6 +99,18 @@ class Folders:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
+
+    def forget_copies(self, claimed: Claimed, destination: Path) -> None:
+        """Unlink work/ names that are hard links of files already at ``destination`` (and its sidecar)."""
+        for path in claimed.paths():
+            for there in (
+                destination,
+                *destination.parent.glob(glob.escape(PurePosixPath(destination.name).stem) + "*.json"),
+            ):
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.lstat(path), os.lstat(there)):
+                        os.unlink(path)
+                        break
 
     def sidecar_beside(self, audio_rel: PurePosixPath) -> PurePosixPath | None:
         """The sidecar still in work/ next to ``audio_rel``, if any."""

@@ -189,6 +189,11 @@ class Pipeline:
                 # A crash fell between committing the job id and moving the files: finish the move.
                 self.finish_accepted(claimed, row, log.bind(job_id=row.job_id))
                 return "done"
+            if row.state == "done" and row.destination and _same_file(claimed.audio, Path(row.destination)):
+                # A power cut kept the move's link in done/ but lost the unlink from work/: drop the copy.
+                self.folders.forget_copies(claimed, Path(row.destination))
+                log.info("recover.dropped_copy", job_id=row.job_id, destination=row.destination)
+                return "done"
         uploaded = [r for r in rows if r.state in UPLOADED_STATES]
         same = [r for r in uploaded if r.sha256 == digest]
         if same:
@@ -348,6 +353,13 @@ def error_document(
         **extra,
         "failed_at": datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds"),
     }
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
 
 
 def _signature(fh: IO[bytes]) -> tuple[int, int, int]:
