@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import structlog
+from tqdm import tqdm
 
 from vocwatch.cli import EX_NOINPUT, EX_NOPERM, settings_from
 from vocwatch.config import Settings
 from vocwatch.daemon import EX_TEMPFAIL, Daemon, build, check_layout, require_key
+from vocwatch.folders import Claimed
 from vocwatch.ledger import Ledger
 from vocwatch.model import Pair, SystemClock
 from vocwatch.notify import from_environment
@@ -48,9 +50,9 @@ def upload(args: argparse.Namespace) -> int:
     outcomes: dict[str, str] = {}
     done = threading.Condition()
 
-    def finished(claimed: object, state: str) -> None:
+    def finished(claimed: Claimed, state: str) -> None:
         with done:
-            outcomes[str(getattr(claimed, "audio", claimed))] = state
+            outcomes[str(claimed.audio)] = state
             done.notify_all()
 
     parts.pool.on_done = finished
@@ -59,10 +61,12 @@ def upload(args: argparse.Namespace) -> int:
     for path in missing:
         print(f"vocwatch: {path}: no such file or folder", file=sys.stderr)
     total = sum(len(ready) + len(expired) for _, ready, expired in batches)
-    bar = _progress(total, enabled=sys.stderr.isatty() and not args.no_progress)
+    # tqdm's own disable: no bar off a terminal (journald, cron) or with --no-progress.
+    bar = tqdm(
+        total=total, unit="rec", desc="uploading", file=sys.stderr, disable=not sys.stderr.isatty() or args.no_progress
+    )
     parts.pool.start()
     failed = 0
-    submitted = 0
     auth_stop = False
     for origin, ready, expired in batches:
         for gone in expired:
@@ -85,7 +89,6 @@ def upload(args: argparse.Namespace) -> int:
             if auth_stop:
                 parts.folders.release(claimed)
                 break
-            submitted += 1
             with done:
                 bar.update(len(outcomes) + failed - bar.n)
         if auth_stop:
@@ -138,24 +141,6 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
 
 def _sidecars_of(path: Path) -> list[Path]:
     return [path.with_suffix(".json"), path.with_name(path.name + ".json")]
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def close(self) -> None:
-        return None
-
-
-def _progress(total: int, *, enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="rec", desc="uploading", file=sys.stderr)
 
 
 def ledger(args: argparse.Namespace) -> int:

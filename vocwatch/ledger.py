@@ -179,15 +179,7 @@ class Ledger:
                 if not durable:
                     self._db.execute("PRAGMA synchronous = FULL")
 
-    def integrity_check(self) -> str:
-        with self._lock:
-            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
-
     # -- reads ---------------------------------------------------------------------------
-
-    def get(self, row_id: int) -> Row | None:
-        rows = self._select("WHERE id = ?", (row_id,))
-        return rows[0] if rows else None
 
     def find(self, recording_id: str, sha256: str | None = None) -> list[Row]:
         if sha256 is None:
@@ -211,11 +203,6 @@ class Ledger:
 
     def iter_all(self) -> Iterator[Row]:
         yield from self._select("ORDER BY id", ())
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            cur = self._db.execute("SELECT state, COUNT(*) FROM recordings GROUP BY state")
-            return {state: n for state, n in cur.fetchall()}
 
     def events(self, row_id: int) -> list[tuple[float, str, str | None]]:
         with self._lock:
