@@ -17,7 +17,7 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from vocwatch.samples import write_mp3, write_sidecar, write_wav
+from vocwatch.testing.samples import write_mp3, write_sidecar, write_wav
 
 VERSION = 2
 CLASSES: dict[str, tuple[int, int]] = {  # name: (files, target bytes each)

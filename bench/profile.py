@@ -33,7 +33,7 @@ ROLES = (
     ("StatusPoller", "status poller"),
     ("watchdog/", "watchdog"),
     ("Daemon.run", "main loop"),
-    ("entry (vocwatch/cli.py", "main: start-up"),
+    ("entry (vocwatch/cli/main.py", "main: start-up"),
 )
 
 

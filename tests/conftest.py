@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from vocwatch.config import Settings, load_settings
-from vocwatch.daemon import Daemon
-from vocwatch.ledger import Ledger, Row
-from vocwatch.model import SystemClock
-from vocwatch.samples import write_mp3, write_sidecar, write_wav
-from vocwatch.simulator import SimState, Simulator
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import Settings, load_settings
+from vocwatch.edges.ledger import Ledger, Row
+from vocwatch.runtime.daemon import Daemon
+from vocwatch.testing.samples import write_mp3, write_sidecar, write_wav
+from vocwatch.testing.simulator import SimState, Simulator
 
 TENANT = "tenant-test"
 

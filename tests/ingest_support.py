@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 from conftest import TENANT, Spool
 
-from vocwatch.config import Settings, load_settings
-from vocwatch.logs import configure
-from vocwatch.samples import RATE, pcm_tone
+from vocwatch.edges.config import Settings, load_settings
+from vocwatch.edges.logs import configure
+from vocwatch.testing.samples import RATE, pcm_tone
 
 
 def wav_bytes(freq: float, size: int | None = None) -> bytes:

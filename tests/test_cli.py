@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import Spool, drop, running, start_daemon, wait_for
 
-from vocwatch.config import load_settings
-from vocwatch.simulator import Simulator
+from vocwatch.edges.config import load_settings
+from vocwatch.testing.simulator import Simulator
 
 COMMANDS = ["run", "upload", "ledger", "simulate", "demo", "check", "status"]
 

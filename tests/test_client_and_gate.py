@@ -9,9 +9,9 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from vocwatch.client import classify_upload, retry_after
-from vocwatch.gate import Gate, full_jitter
-from vocwatch.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
+from vocwatch.core.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
+from vocwatch.edges.client import classify_upload, retry_after
+from vocwatch.runtime.gate import Gate, full_jitter
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vocwatch.config import ConfigError, Settings, load_settings
+from vocwatch.edges.config import ConfigError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

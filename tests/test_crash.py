@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import Spool, wait_for
 from test_delivery import _fill
 
-from vocwatch.simulator import Simulator
+from vocwatch.testing.simulator import Simulator
 
 LIMBO = {"claimed", "uploading", "accepted", "released"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import Spool, drop, running, start_daemon, wait_for
 
-from vocwatch.samples import write_sidecar, write_wav
-from vocwatch.simulator import Simulator
+from vocwatch.testing.samples import write_sidecar, write_wav
+from vocwatch.testing.simulator import Simulator
 
 
 def _fill(inbox: Path, n: int, prefix: str = "rec") -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import Spool, drop, running, wait_for
 
-from vocwatch.simulator import Simulator
+from vocwatch.testing.simulator import Simulator
 
 
 def _settled(spool: Spool, n: int) -> list:  # type: ignore[type-arg]

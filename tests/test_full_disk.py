@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Spool, drop, running, wait_for
 
-from vocwatch.simulator import Simulator
+from vocwatch.testing.simulator import Simulator
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 from conftest import TENANT, Spool, drop, running, wait_for
 from ingest_support import captured_log, make_socket, put, put_atomic, sidecar, wav_bytes, write_settings
 
-from vocwatch.samples import write_mp3
-from vocwatch.simulator import SimState, Simulator
+from vocwatch.testing.samples import write_mp3
+from vocwatch.testing.simulator import SimState, Simulator
 
 Maker = Callable[[Path, Path], bytes | None]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import Spool, drop, wait_for
 
-from vocwatch.notify import SdNotifier, from_environment, watchdog_interval
+from vocwatch.edges.notify import SdNotifier, from_environment, watchdog_interval
 
 WATCHDOG_USEC = 400_000
 GRACE_S = 2

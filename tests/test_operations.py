@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 from conftest import Spool, drop, running, start_daemon, wait_for
 
-from vocwatch.logs import redact_digits
-from vocwatch.simulator import Simulator
+from vocwatch.edges.logs import redact_digits
+from vocwatch.testing.simulator import Simulator
 
 
 def _free_port() -> int:

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vocwatch.config import DEFAULT_IGNORE
-from vocwatch.model import Pair
-from vocwatch.pairing import (
+from vocwatch.core.model import Pair
+from vocwatch.core.pairing import (
     AUDIO_EXTENSIONS,
     Entry,
     Rules,
@@ -26,6 +25,7 @@ from vocwatch.pairing import (
     printable,
     reopened,
 )
+from vocwatch.edges.config import DEFAULT_IGNORE
 
 RULES = Rules(settle_s=2.0, pair_timeout_s=60.0)
 LONE_OK = Rules(settle_s=2.0, pair_timeout_s=60.0, require_sidecar=False)

@@ -8,12 +8,13 @@ from pathlib import Path, PurePosixPath
 
 from conftest import Spool, drop, running, wait_for
 
-from vocwatch.config import Settings
-from vocwatch.daemon import build
-from vocwatch.folders import Claimed
-from vocwatch.ledger import Ledger
-from vocwatch.model import Pair, SystemClock
-from vocwatch.simulator import Simulator
+from vocwatch.core.model import Pair
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import Settings
+from vocwatch.edges.folders import Claimed
+from vocwatch.edges.ledger import Ledger
+from vocwatch.runtime.daemon import build
+from vocwatch.testing.simulator import Simulator
 
 
 def _claim(spool: Spool, settings: Settings, name: str, rid: str) -> tuple[Claimed, str]:

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from vocwatch.config import EX_CONFIG, UploadSettings, load_settings
+from vocwatch.edges.config import EX_CONFIG, UploadSettings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 UNIT = DEPLOY / "vocwatch.service"

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ingest_support import make_socket
 
-from vocwatch.client import metadata_json
-from vocwatch.model import Problem
-from vocwatch.validate import (
+from vocwatch.core.model import Problem
+from vocwatch.edges.client import metadata_json
+from vocwatch.edges.validate import (
     build_metadata,
     check_audio,
     check_recording_id,

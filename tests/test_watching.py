@@ -19,11 +19,11 @@ import pytest
 from conftest import Spool, drop, running, wait_for
 from ingest_support import captured_log, notify_socket, put, put_atomic, wav_bytes, write_settings
 
-from vocwatch import watcher
-from vocwatch.config import Settings
-from vocwatch.notify import SdNotifier
-from vocwatch.reasons import REASONS
-from vocwatch.simulator import Simulator
+from vocwatch.core.reasons import REASONS
+from vocwatch.edges import watcher
+from vocwatch.edges.config import Settings
+from vocwatch.edges.notify import SdNotifier
+from vocwatch.testing.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,7 +126,7 @@ def test_without_required_sidecars_a_lone_recording_is_named_by_its_stem(
 
 
 def _mp3(folder: Path, freq: float) -> bytes:
-    from vocwatch.samples import write_mp3
+    from vocwatch.testing.samples import write_mp3
 
     return write_mp3(folder / f"{freq}.mp3", 0.25, freq).read_bytes()
 
@@ -339,7 +339,7 @@ def test_files_in_a_folder_beyond_the_watch_limit_are_taken_by_the_rescan_and_re
 
 
 def test_vocwatch_check_explains_every_reason_a_file_can_fail_with() -> None:
-    source = "\n".join(p.read_text() for p in (ROOT / "vocwatch").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "vocwatch").rglob("*.py"))
     used = set(re.findall(r'Problem\(\s*"([a-z_]+)"', source))
     assert used and used <= set(REASONS)
     result = subprocess.run(

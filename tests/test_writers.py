@@ -14,10 +14,10 @@ import pytest
 from conftest import Spool, drop, running, wait_for
 from ingest_support import put, put_atomic, sha, sidecar, slow_write, wav_bytes
 
-from vocwatch.config import Settings
-from vocwatch.ledger import Ledger
-from vocwatch.model import SystemClock
-from vocwatch.simulator import Simulator
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import Settings
+from vocwatch.edges.ledger import Ledger
+from vocwatch.testing.simulator import Simulator
 
 SLOW = wav_bytes(300, 120_000)  # about 3 s of writing at 15 chunks of 8 KB every 0.2 s
 

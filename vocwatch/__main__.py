@@ -1,3 +1,3 @@
-from vocwatch.cli import entry
+from vocwatch.cli.main import entry
 
 entry()

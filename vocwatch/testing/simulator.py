@@ -18,7 +18,7 @@ from typing import Any
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from vocwatch.validate import check_recording_id
+from vocwatch.edges.validate import check_recording_id
 
 MAX_BYTES = 25 * 1024 * 1024
 UPLOAD_PATH = "/api/v1/voc/tenants/{tenant}/recording"

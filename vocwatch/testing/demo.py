@@ -10,13 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-from vocwatch.config import load_settings
-from vocwatch.daemon import Daemon
-from vocwatch.ledger import Ledger
-from vocwatch.logs import configure
-from vocwatch.model import SystemClock
-from vocwatch.samples import write_mp3, write_sidecar, write_wav
-from vocwatch.simulator import SimState, Simulator
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import load_settings
+from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.logs import configure
+from vocwatch.runtime.daemon import Daemon
+from vocwatch.testing.samples import write_mp3, write_sidecar, write_wav
+from vocwatch.testing.simulator import SimState, Simulator
 
 TENANT = "tenant-demo"
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vocwatch import pairing
-from vocwatch.pairing import Entry, Key, printable
+from vocwatch.core import pairing
+from vocwatch.core.pairing import Entry, Key, printable
 
 
 class Inbox:

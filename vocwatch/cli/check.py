@@ -1,26 +1,24 @@
-"""``vocwatch check`` (one line per check, ok or FAIL with a hint) and ``vocwatch status JOB_ID``."""
+"""``vocwatch check``: one line per check, ok or FAIL with a hint."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
-import json
 import os
 import sqlite3
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from vocwatch.cli import EX_UNAVAILABLE, settings_from
-from vocwatch.client import CrescendoClient, JobStatus, build_http, classify_upload
-from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_key
-from vocwatch.daemon import check_layout
-from vocwatch.model import AuthProblem, Rejected
-from vocwatch.reasons import REASONS
+from vocwatch.cli.common import settings_from
+from vocwatch.core.model import AuthProblem, Rejected
+from vocwatch.core.reasons import REASONS
+from vocwatch.edges.client import CrescendoClient, build_http, classify_upload
+from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
+from vocwatch.runtime.daemon import check_layout
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
 
@@ -58,7 +56,7 @@ def _ledger(settings: Settings) -> tuple[bool, str]:
     return result == "ok", f"{path}: integrity {result}"
 
 
-def _client(settings: Settings) -> CrescendoClient:
+def client_for(settings: Settings) -> CrescendoClient:
     return _client_on(settings, _http(settings))
 
 
@@ -115,7 +113,7 @@ def _scrubbed(text: str, settings: Settings) -> str:
     return text.replace(secret, "[key]") if secret else text
 
 
-def run_checks(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if args.reasons:
         for code, text in REASONS.items():
             print(f"{code:>20}  {text}")
@@ -143,14 +141,3 @@ def run_checks(args: argparse.Namespace) -> int:
             failures += not ok
             print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {_scrubbed(detail, settings)}")
     return 0 if failures == 0 else 1
-
-
-def job_status(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    with contextlib.closing(_client(settings)) as client:
-        outcome = client.job_status(args.job_id)
-    if isinstance(outcome, JobStatus):
-        print(json.dumps(dict(outcome.raw), indent=2))
-        return 0
-    print(f"vocwatch: job {args.job_id}: {outcome}", file=sys.stderr)
-    return EX_UNAVAILABLE

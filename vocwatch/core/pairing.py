@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Literal
 
-from vocwatch.model import Pair, Problem
+from vocwatch.core.model import Pair, Problem
 
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
 CLOSE_GRACE_S = 1.0

@@ -17,7 +17,7 @@ import h11
 import httpx
 from pydantic import SecretStr
 
-from vocwatch.model import Accepted, AuthProblem, Outcome, Rejected, Retry
+from vocwatch.core.model import Accepted, AuthProblem, Outcome, Rejected, Retry
 
 KeyProvider = Callable[[], SecretStr | None]
 RETRYABLE = frozenset({408, 425, 429})

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vocwatch.model import AuthProblem, Clock, Outcome, Retry, Unsettled
+from vocwatch.core.model import AuthProblem, Clock, Outcome, Retry, Unsettled
 
 
 def full_jitter(failures: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:

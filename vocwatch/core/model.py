@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -14,14 +13,6 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
     def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,14 @@ from typing import Any
 
 import structlog
 
-from vocwatch import pairing
-from vocwatch.folders import Claimed, Folders
-from vocwatch.inbox import Inbox
-from vocwatch.model import Clock, Pair
-from vocwatch.pairing import Key, Rules, printable
-from vocwatch.pipeline import error_document
-from vocwatch.pool import Pool
-from vocwatch.validate import open_for_writing
+from vocwatch.core import pairing
+from vocwatch.core.model import Clock, Pair
+from vocwatch.core.pairing import Key, Rules, printable
+from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.inbox import Inbox
+from vocwatch.edges.validate import open_for_writing
+from vocwatch.runtime.pipeline import error_document
+from vocwatch.runtime.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, closed, closed_no_write, moved
 # (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
@@ -63,7 +63,7 @@ class Planner:
         self._clock = clock
         self._opts = options
         self._root = folders.inbox
-        self._log = log or structlog.get_logger("vocwatch.planner")
+        self._log = log or structlog.get_logger("vocwatch.runtime.planner")
         self._inbox = Inbox(folders.inbox, ignore=options.ignore, recursive=options.recursive, log=self._log)
         self._hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
         self._deadlines: list[tuple[float, Key]] = []

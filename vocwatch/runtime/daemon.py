@@ -12,24 +12,25 @@ from typing import Any
 
 import structlog
 
-from vocwatch.client import CrescendoClient, build_http
-from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_key
-from vocwatch.folders import Claimed, Folders
-from vocwatch.gate import Gate
-from vocwatch.ledger import Ledger
-from vocwatch.logs import SCRUB
-from vocwatch.model import Clock, Pair, SystemClock
-from vocwatch.notify import Notifier, NullNotifier, watchdog_interval
-from vocwatch.pairing import Rules
-from vocwatch.pipeline import Pipeline, PipelineOptions
-from vocwatch.planner import Planner, ScanOptions
-from vocwatch.poller import StatusPoller
-from vocwatch.pool import Pool
-from vocwatch.stats import Stats
-from vocwatch.stats import serve as serve_metrics
-from vocwatch.watcher import Watcher
+from vocwatch.core.model import Clock, Pair
+from vocwatch.core.pairing import Rules
+from vocwatch.edges.client import CrescendoClient, build_http
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
+from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.logs import SCRUB
+from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
+from vocwatch.edges.stats import Stats
+from vocwatch.edges.stats import serve as serve_metrics
+from vocwatch.edges.watcher import Watcher
+from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
+from vocwatch.runtime.planner import Planner, ScanOptions
+from vocwatch.runtime.poller import StatusPoller
+from vocwatch.runtime.pool import Pool
 
-EX_TEMPFAIL = 75  # sysexits.h: try again later (the instance is busy)
+EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Daemon:
         self.parts = build(settings, clock)
         self.notifier = notifier or NullNotifier()
         self.stop_requested = threading.Event()
-        self.log = structlog.get_logger("vocwatch.daemon")
+        self.log = structlog.get_logger("vocwatch.runtime.daemon")
         p = self.parts
         watch = settings.watch
         # The pool wakes the planner when a slot frees, so a backlog drains without polling.

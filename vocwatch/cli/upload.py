@@ -1,10 +1,8 @@
-"""What each command does, given its parsed arguments; returns the exit status."""
+"""``vocwatch upload``: the daemon's pipeline once over given files and folders (a backfill)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import sys
 import threading
@@ -14,25 +12,16 @@ from pathlib import Path, PurePosixPath
 import structlog
 from tqdm import tqdm
 
-from vocwatch.cli import EX_NOINPUT, EX_NOPERM, settings_from
-from vocwatch.config import Settings
-from vocwatch.daemon import EX_TEMPFAIL, Daemon, build, check_layout, require_key
-from vocwatch.folders import Claimed
-from vocwatch.ledger import Ledger
-from vocwatch.model import Pair, SystemClock
-from vocwatch.notify import from_environment
-from vocwatch.pairing import Entry, Expired, Rules, is_ignored, plan
-from vocwatch.pipeline import error_document
+from vocwatch.cli.common import EX_NOPERM, EX_TEMPFAIL, settings_from
+from vocwatch.core.model import Pair
+from vocwatch.core.pairing import Entry, Expired, Rules, is_ignored, plan
+from vocwatch.edges.config import Settings
+from vocwatch.edges.folders import Claimed
+from vocwatch.runtime.daemon import build, check_layout, require_key
+from vocwatch.runtime.pipeline import error_document
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    daemon = Daemon(settings, notifier=from_environment())
-    daemon.install_signal_handlers()
-    return daemon.run()
-
-
-def upload(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """The daemon's pipeline once over the given files and folders; 0 only if all succeeded."""
     settings = settings_from(args)
     check_layout(settings)
@@ -141,71 +130,3 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
 
 def _sidecars_of(path: Path) -> list[Path]:
     return [path.with_suffix(".json"), path.with_name(path.name + ".json")]
-
-
-def ledger(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    path = settings.ledger.path
-    if not path.exists():
-        print(
-            f"vocwatch: no ledger at {path} (ledger.path); nothing has been uploaded with this config yet",
-            file=sys.stderr,
-        )
-        return EX_NOINPUT
-    book = Ledger(path, SystemClock())
-    try:
-        from vocwatch import ledger_cli
-
-        return ledger_cli.dispatch(args, book, sys.stdout)
-    finally:
-        book.close()
-
-
-def simulate(args: argparse.Namespace) -> int:
-    from vocwatch.simulator import Faults, SimState, Simulator
-
-    if args.api_key_file:
-        key = args.api_key_file.read_text().strip()
-    else:
-        key = os.environ.get("VOCWATCH_API_KEY") or "sim-key"
-    faults = Faults(
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        retry_after=args.retry_after,
-        drop_rate=args.drop_rate,
-        latency_s=args.latency,
-        job_fail_rate=args.job_fail_rate,
-    )
-    state = SimState(
-        api_key=key,
-        tenant=args.tenant,
-        complete_after_s=args.complete_after,
-        faults=faults,
-        sink=args.sink,
-        seed=args.seed,
-    )
-    if args.unauthorized_for:
-        state.unauthorized_for(args.unauthorized_for)
-    sim = Simulator(state, args.host, args.port)
-    print(json.dumps({"event": "simulate.listening", "url": sim.url, "tenant": args.tenant}), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        sim.serve_forever()
-    return 0
-
-
-def demo(args: argparse.Namespace) -> int:
-    from vocwatch.demo import run_demo
-
-    return run_demo(args.dir)
-
-
-def check(args: argparse.Namespace) -> int:
-    from vocwatch.checks import run_checks
-
-    return run_checks(args)
-
-
-def status(args: argparse.Namespace) -> int:
-    from vocwatch.checks import job_status
-
-    return job_status(args)

@@ -10,11 +10,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from vocwatch.client import JobStatus, StatusOutcome
-from vocwatch.folders import Claimed, Folders
-from vocwatch.ledger import Ledger, Row
-from vocwatch.model import Clock, Pair, Problem, Rejected
-from vocwatch.pipeline import error_document
+from vocwatch.core.model import Clock, Pair, Problem, Rejected
+from vocwatch.edges.client import JobStatus, StatusOutcome
+from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.ledger import Ledger, Row
+from vocwatch.runtime.pipeline import error_document
 
 
 class StatusSource(Protocol):
@@ -45,7 +45,7 @@ class StatusPoller:
         self._factor = factor
         self._move = move_on_completion
         self._on_status = on_status
-        self._log = log or structlog.get_logger("vocwatch.poller")
+        self._log = log or structlog.get_logger("vocwatch.runtime.poller")
         self._stop = threading.Event()
         self.last_progress = clock.monotonic()
 

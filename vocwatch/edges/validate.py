@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vocwatch.model import Problem
+from vocwatch.core.model import Problem
 
 MAX_SIDECAR_BYTES = 64 * 1024
 HEAD_BYTES = 12

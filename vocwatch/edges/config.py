@@ -27,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-EX_CONFIG = 78  # sysexits.h: configuration error
+EX_CONFIG = os.EX_CONFIG  # 78: a bad configuration
 
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*~", "*.swp")
 

@@ -14,13 +14,13 @@ from typing import IO, Any, Literal, Protocol
 
 import structlog
 
-from vocwatch.client import metadata_json
-from vocwatch.folders import Claimed, Folders, Stage
-from vocwatch.ledger import UPLOADED_STATES, Ledger, Row
-from vocwatch.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
-from vocwatch.pairing import printable
-from vocwatch.reasons import REASONS
-from vocwatch.validate import (
+from vocwatch.core.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
+from vocwatch.core.pairing import printable
+from vocwatch.core.reasons import REASONS
+from vocwatch.edges.client import metadata_json
+from vocwatch.edges.folders import Claimed, Folders, Stage
+from vocwatch.edges.ledger import UPLOADED_STATES, Ledger, Row
+from vocwatch.edges.validate import (
     CONTENT_TYPES,
     HEAD_BYTES,
     MAX_SIDECAR_BYTES,
@@ -93,7 +93,7 @@ class Pipeline:
         self.clock = clock
         self.options = options
         self.recorder = recorder
-        self.log = log or structlog.get_logger("vocwatch.pipeline")
+        self.log = log or structlog.get_logger("vocwatch.runtime.pipeline")
         # (recording id, sha256) of every pair between prepare() and done_with(): the same recording
         # dropped twice at once must wait for the first to settle, then become its duplicate.
         self._active: set[tuple[str, str]] = set()

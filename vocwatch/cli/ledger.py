@@ -6,11 +6,14 @@ import argparse
 import csv
 import json
 import re
+import sys
 import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from vocwatch.ledger import Ledger, Row
+from vocwatch.cli.common import EX_NOINPUT, settings_from
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.ledger import Ledger, Row
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -91,3 +94,19 @@ def show(out: IO[str], book: Ledger, row: Row) -> None:
     for at, event, detail in book.events(row.id):
         out.write(f"{'':>18}{_when(at)}  {event}{'  ' + detail if detail else ''}\n")
     out.write("\n")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    path = settings.ledger.path
+    if not path.exists():
+        print(
+            f"vocwatch: no ledger at {path} (ledger.path); nothing has been uploaded with this config yet",
+            file=sys.stderr,
+        )
+        return EX_NOINPUT
+    book = Ledger(path, SystemClock())
+    try:
+        return dispatch(args, book, sys.stdout)
+    finally:
+        book.close()

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from vocwatch.model import Pair
-from vocwatch.pairing import classify
+from vocwatch.core.model import Pair
+from vocwatch.core.pairing import classify
 
 Stage = Literal["done", "failed", "uploaded"]
 

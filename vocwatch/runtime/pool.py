@@ -9,10 +9,10 @@ from typing import Any
 
 import structlog
 
-from vocwatch.folders import Claimed
-from vocwatch.gate import Gate
-from vocwatch.model import AuthProblem, Clock, Retry
-from vocwatch.pipeline import Pipeline, Prepared, _reason
+from vocwatch.core.model import AuthProblem, Clock, Retry
+from vocwatch.edges.folders import Claimed
+from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
 
 _STOP = object()
 
@@ -43,7 +43,7 @@ class Pool:
         self._count = 0
         self._stopping = threading.Event()
         self._idle = threading.Condition(self._lock)
-        self._log = structlog.get_logger("vocwatch.pool")
+        self._log = structlog.get_logger("vocwatch.runtime.pool")
 
     def start(self) -> None:
         for thread in self._threads:

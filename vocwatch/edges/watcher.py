@@ -121,7 +121,7 @@ class Watcher:
         self._mode = mode
         self._recursive = recursive
         self._poll_interval = poll_interval_s
-        self._log = log or structlog.get_logger("vocwatch.watcher")
+        self._log = log or structlog.get_logger("vocwatch.edges.watcher")
         self._observer: BaseObserver | None = None
         self._root_id: tuple[int, int] | None = None
         self._reported: str | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vocwatch.model import Clock
+from vocwatch.core.model import Clock
 
 # claimed -> uploading -> accepted -> done; any of the first three -> failed;
 # claimed/uploading -> released (put back in the inbox, to be taken again).

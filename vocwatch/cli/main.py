@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vocwatch import __version__
-from vocwatch.config import EX_CONFIG, ConfigError, Settings, load_settings
-from vocwatch.logs import configure
-
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_NOPERM = 77
+from vocwatch.cli.common import EX_CONFIG
+from vocwatch.edges.config import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
+# command -> the module under vocwatch.cli whose ``main(args)`` runs it
+COMMANDS = {
+    "run": "run",
+    "upload": "upload",
+    "ledger": "ledger",
+    "simulate": "simulate",
+    "demo": "demo",
+    "check": "check",
+    "status": "status",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,31 +107,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from vocwatch import commands
-
-    handlers: dict[str, Handler] = {
-        "run": commands.run,
-        "upload": commands.upload,
-        "ledger": commands.ledger,
-        "simulate": commands.simulate,
-        "demo": commands.demo,
-        "check": commands.check,
-        "status": commands.status,
-    }
+    # One module per command, imported only when it runs: `vocwatch run` loads no simulator.
+    command = importlib.import_module(f"vocwatch.cli.{COMMANDS[args.command]}")
+    handler: Handler = command.main
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"vocwatch: config error: {problem}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    settings = load_settings(getattr(args, "config", None))
-    configure(settings.log.level, settings.log.format, redact=settings.log.redact)
-    return settings
 
 
 def entry() -> None:

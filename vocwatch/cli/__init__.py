@@ -1,0 +1,1 @@
+"""The command line: ``main`` parses, then runs one module per command (``vocwatch.cli.<command>``)."""

@@ -1,0 +1,42 @@
+"""What every command shares: settings from --config, and the exit statuses (sysexits, os.EX_*)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from types import ModuleType
+
+from vocwatch.edges.config import Settings, load_settings
+from vocwatch.edges.logs import configure
+
+EX_OK = os.EX_OK
+EX_USAGE = os.EX_USAGE  # 64
+EX_NOINPUT = os.EX_NOINPUT  # 66
+EX_UNAVAILABLE = os.EX_UNAVAILABLE  # 69
+EX_SOFTWARE = os.EX_SOFTWARE  # 70
+EX_TEMPFAIL = os.EX_TEMPFAIL  # 75: try again later (the instance is busy)
+EX_NOPERM = os.EX_NOPERM  # 77
+EX_CONFIG = os.EX_CONFIG  # 78: a bad config; the unit never restarts on it
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    configure(settings.log.level, settings.log.format, redact=settings.log.redact)
+    return settings
+
+
+def load_testing(module: str, command: str) -> ModuleType | None:
+    """``vocwatch.testing.<module>``, or None after saying how to install the ``sim`` extra it needs."""
+    try:
+        return importlib.import_module(f"vocwatch.testing.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("vocwatch"):
+            raise
+        print(
+            f"vocwatch {command}: needs the simulator's libraries ({exc.name} is not installed); "
+            "install them with: pip install 'vocwatch[sim]'",
+            file=sys.stderr,
+        )
+        return None
