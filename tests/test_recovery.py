@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from conftest import Spool, drop, running, wait_for
 
 from vocwatch.core.model import Pair
+from vocwatch.core.states import State
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import Settings
 from vocwatch.edges.folders import Claimed
@@ -35,9 +36,10 @@ def _ledger(spool: Spool) -> Ledger:
 
 def _accepted_row(spool: Spool, claimed: Claimed, rid: str, sha: str, destination: Path) -> None:
     book = _ledger(spool)
-    row = book.open_row(rid, sha, str(claimed.pair.audio), claimed.audio.stat().st_size)
-    book.begin_attempt(row.id)
-    book.transition(row.id, "accepted", job_id="job-from-before-the-crash", destination=str(destination))
+    row = book.claim(rid, sha, str(claimed.pair.audio), claimed.audio.stat().st_size)
+    assert row is not None
+    row = book.begin_attempt(row)
+    book.transition(row, State.ACCEPTED, job_id="job-from-before-the-crash", destination=str(destination))
     book.close()
 
 
@@ -89,8 +91,9 @@ def test_uploading_row_is_sent_again_with_the_same_idempotency_key(spool: Spool,
     settings = make_settings()
     claimed, sha = _claim(spool, settings, "d.wav", "rec-d")
     book = _ledger(spool)
-    row = book.open_row("rec-d", sha, "d.wav", claimed.audio.stat().st_size)
-    book.begin_attempt(row.id)  # the request may have been on the wire when the crash came
+    row = book.claim("rec-d", sha, "d.wav", claimed.audio.stat().st_size)
+    assert row is not None
+    book.begin_attempt(row)  # the request may have been on the wire when the crash came
     book.close()
     _settle(spool, settings)
     [row] = spool.rows()
@@ -124,7 +127,7 @@ def test_done_row_whose_work_copies_survived_a_power_cut_drops_them(
     for path in claimed.paths():
         os.link(path, spool.done / path.name)  # the links reached the disk, the unlinks from work/ did not
     book = _ledger(spool)
-    book.transition(book.find("rec-g")[0].id, "done", destination=str(spool.done / "g.wav"))
+    book.transition(book.find("rec-g")[0], State.DONE, destination=str(spool.done / "g.wav"))
     book.close()
     with running(settings):
         wait_for(lambda: spool.files(spool.work) == [], what="work/ copies dropped")

@@ -31,4 +31,6 @@ REASONS: dict[str, str] = {
     "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
     "gave_up": "Transient errors lasted longer than upload.give_up_after_seconds.",
     "job_failed": "Crescendo accepted the upload but its processing job failed; see the error.",
+    "job_unknown": "Crescendo accepted the upload, then answered 404 for its job for longer than "
+    "status.unknown_job_seconds: the API no longer knows it. Ask Crescendo about the job id in the error file.",
 }

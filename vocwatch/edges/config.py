@@ -107,6 +107,9 @@ class StatusSettings(_Section):
     poll_initial_seconds: float = Field(default=5.0, gt=0)
     poll_max_seconds: float = Field(default=300.0, gt=0)
     poll_factor: float = Field(default=2.0, ge=1)
+    # A job the API answers 404 for this long is forgotten: its row ends (job_status "unknown"), and with
+    # done_after = "completed" its pair goes from uploaded/ to failed/ as job_unknown.
+    unknown_job_seconds: float = Field(default=3600.0, gt=0)
 
 
 class MetricsSettings(_Section):

@@ -16,12 +16,11 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import classify
-
-Stage = Literal["done", "failed", "uploaded"]
+from vocwatch.core.states import Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,7 @@ class Folders:
     def __init__(self, *, inbox: Path, work: Path, done: Path, failed: Path, uploaded: Path) -> None:
         self.inbox = inbox
         self.work = work
-        self.stages: dict[Stage, Path] = {"done": done, "failed": failed, "uploaded": uploaded}
+        self.stages: dict[Stage, Path] = {Stage.DONE: done, Stage.FAILED: failed, Stage.UPLOADED: uploaded}
         self._lock_fd: int | None = None
 
     def ensure(self) -> None:
@@ -95,6 +94,30 @@ class Folders:
         self._lock_fd = fd  # held until unlock() or the process exits
         return True
 
+    def holder_alive(self, holder: str) -> bool:
+        """Does a live process hold the work folder ``holder`` (a ledger row's holder)? Asked by trying
+        its lock: the holder keeps it from start to exit, and the kernel drops it when the process dies."""
+        if holder == self.work.name and self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(self.work.parent / holder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False  # no such work folder here: not a process on this host and share
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's lock, if it got one
+        return False
+
+    def stage_of(self, path: Path) -> Stage | None:
+        """The stage folder ``path`` lies in, if any."""
+        for stage, root in self.stages.items():
+            if path.is_relative_to(root):
+                return stage
+        return None
+
     def unlock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
@@ -123,12 +146,30 @@ class Folders:
         return all(os.path.lexists(p) for p in claimed.paths())
 
     def release(self, claimed: Claimed) -> None:
-        """Put a claimed pair back where it came from, to be taken again later."""
-        for path in claimed.paths():
-            dst = claimed.origin / path.relative_to(claimed.root)
-            if os.path.lexists(path):
-                _move_no_clobber(path, _free_name(dst))
-        _fsync_dirs({p.parent for p in claimed.paths()} | {claimed.origin})
+        """Put a claimed pair back where it came from, to be taken again later: under its own names, or
+        under one ``~N`` suffix free for both, so that a newer file of the same name never joins it."""
+        present = [p for p in claimed.paths() if os.path.lexists(p)]
+        target = claimed.origin / claimed.pair.audio
+        for n in range(0, 10_000):
+            names = _pair_names(target, claimed.pair, n)
+            back = {claimed.audio: names["audio"]}
+            if claimed.sidecar is not None:
+                back[claimed.sidecar] = names["sidecar"]
+            if any(os.path.lexists(back[p]) for p in present):
+                continue
+            moved: list[tuple[Path, Path]] = []
+            try:
+                for path in present:
+                    _move_no_clobber(path, back[path])
+                    moved.append((path, back[path]))
+            except FileExistsError:  # a producer took one of the names meanwhile: undo, try the next
+                for src, dst in reversed(moved):
+                    _move_no_clobber(dst, src)
+                continue
+            break
+        else:
+            raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
+        _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
 
     def plan_destination(self, claimed: Claimed, stage: Stage) -> Path:
         """Where the recording will land in ``stage``: its relative path, suffixed if taken."""
@@ -148,24 +189,49 @@ class Folders:
     ) -> Path:
         """Move the pair (and write its error file, if any) into ``stage``; return the audio's path."""
         destination = destination or self.plan_destination(claimed, stage)
+        base = self.stages[stage] / claimed.pair.audio
         n = _suffix_of(destination, claimed.pair.audio)
-        names = _pair_names(self.stages[stage] / claimed.pair.audio, claimed.pair, n)
+        for _ in range(10_000):
+            names = _pair_names(base, claimed.pair, n)
+            if self._move_pair(claimed, names, error):
+                # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next
+                # start finds the same file (same inode) at the recorded destination and drops the copy.
+                _fsync_dirs({names["audio"].parent})
+                return names["audio"]
+            n += 1
+        raise FileExistsError(errno.EEXIST, "10000 names taken", str(base))
+
+    def _move_pair(self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None) -> bool:
+        """Move the pair to ``names``; False (nothing moved) when one of them is taken by another file."""
         names["audio"].parent.mkdir(parents=True, exist_ok=True)
+        # The sidecar goes first: a crash in between leaves the recording itself in work/, where the ledger's
+        # row (accepted, with this destination) finishes the move. A sidecar already there (the audio's move
+        # failed last time, say on a full disk) is not moved again.
+        moves = [(claimed.sidecar, names.get("sidecar")), (claimed.audio, names["audio"])]
+        if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
+            moves = moves[1:]
+        elif any(dst is not None and os.path.lexists(dst) for _, dst in moves):
+            return False
         if error is not None:
             _write_atomic(names["error"], json.dumps(error, indent=2, ensure_ascii=False) + "\n")
-        # The sidecar goes first: a crash in between leaves the recording itself in work/,
-        # where recovery finds it by the ledger's row.
-        if claimed.sidecar is not None:
-            _move_no_clobber(claimed.sidecar, names["sidecar"])
-        _move_no_clobber(claimed.audio, names["audio"])
-        # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next start
-        # finds the same file (same inode) at the recorded destination and just drops the work/ copy.
-        _fsync_dirs({names["audio"].parent})
-        return names["audio"]
+        done: list[tuple[Path, Path]] = []
+        try:
+            for src, dst in moves:
+                if src is not None and dst is not None:
+                    _move_no_clobber(src, dst)
+                    done.append((src, dst))
+        except FileExistsError:
+            for src, dst in reversed(done):  # keep the pair together under the next free suffix
+                _move_no_clobber(dst, src)
+            if error is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(names["error"])
+            return False
+        return True
 
     def fail_in_place(self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any]) -> None:
         """Move files that never formed a pair straight from ``origin`` to failed/, with the reason."""
-        failed = self.stages["failed"]
+        failed = self.stages[Stage.FAILED]
         first = failed / files[0]
         for n in range(0, 10_000):
             targets = [_with_suffix_n(failed / f, n) for f in files]
@@ -227,13 +293,6 @@ def _suffix_of(destination: Path, rel: PurePosixPath) -> int:
     if destination.name == rel.name:
         return 0
     return int(destination.stem.rsplit("~", 1)[1])
-
-
-def _free_name(path: Path) -> Path:
-    n = 0
-    while os.path.lexists(_with_suffix_n(path, n)):
-        n += 1
-    return _with_suffix_n(path, n)
 
 
 def _rename(src: Path, dst: Path) -> None:

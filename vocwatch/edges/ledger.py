@@ -10,17 +10,13 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vocwatch.core.model import Clock
+from vocwatch.core.states import DURABLE, FINAL, Row, State, allowed
 
-# claimed -> uploading -> accepted -> done; any of the first three -> failed;
-# claimed/uploading -> released (put back in the inbox, to be taken again).
-STATES = ("claimed", "uploading", "accepted", "done", "failed", "duplicate", "released")
-OPEN_STATES = ("claimed", "uploading", "released")
-UPLOADED_STATES = ("accepted", "done")
+__all__ = ["Ledger", "Row", "StaleRowError"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -40,6 +36,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     last_error TEXT,
     duplicate_of TEXT,
     destination TEXT,
+    unknown_since REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -54,6 +51,14 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_row ON events (row_id);
+"""
+SCHEMA_VERSION = 2
+# Version 2: the holder of an open row, and at most one open row per recording and content.
+_MIGRATE_2 = """
+UPDATE recordings SET state = 'released' WHERE state IN ('claimed', 'uploading') AND id NOT IN (
+    SELECT MAX(id) FROM recordings WHERE state IN ('claimed', 'uploading') GROUP BY recording_id, sha256);
+CREATE UNIQUE INDEX IF NOT EXISTS recordings_open ON recordings (recording_id, sha256)
+    WHERE state IN ('claimed', 'uploading');
 """
 
 COLUMNS = [
@@ -73,65 +78,24 @@ COLUMNS = [
     "last_error",
     "duplicate_of",
     "destination",
+    "unknown_since",
     "created_at",
     "updated_at",
+    "holder",
 ]
 _COLS = ", ".join(COLUMNS)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    id: int
-    recording_id: str
-    sha256: str
-    file: str
-    size: int
-    state: str
-    job_id: str | None
-    job_status: str | None
-    job_finished_at: float | None
-    job_error: str | None
-    next_poll_at: float | None
-    poll_interval: float | None
-    attempts: int
-    last_error: str | None
-    duplicate_of: str | None
-    destination: str | None
-    created_at: float
-    updated_at: float
-
-    def export(self) -> dict[str, Any]:
-        """The public row shape of ``vocwatch ledger export`` and ``ledger list --json``."""
-        return {
-            "recording_id": self.recording_id,
-            "file": self.file,
-            "size": self.size,
-            "sha256": self.sha256,
-            "state": self.state,
-            "job_id": self.job_id or self.duplicate_of,
-            "job_status": self.job_status,
-            "job_finished_at": self.job_finished_at,
-            "job_error": self.job_error,
-            "attempts": self.attempts,
-            "error": self.last_error,
-            "duplicate_of": self.duplicate_of,
-            "destination": self.destination,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
-
-
-# Only these commits must be on disk before the next step: the job id (before the files move, or a
-# crash re-uploads) and a failure (its files are already in failed/). Losing any other commit to a power
-# cut is repaired by recovery, and a later durable commit syncs the earlier ones with it.
-DURABLE_STATES = frozenset({"accepted", "failed"})
+class StaleRowError(RuntimeError):
+    """A compare-and-set found the row in another state than its caller read: a bug, or another process."""
 
 
 class Ledger:
     """Thread-safe: writes share one connection under a lock; each thread reads on its own (WAL)."""
 
-    def __init__(self, path: Path, clock: Clock, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, clock: Clock, *, readonly: bool = False, holder: str | None = None) -> None:
         self.path = path
+        self.holder = holder  # who this process is: the name of its work folder (an open row's holder)
         self._clock = clock
         self._lock = threading.Lock()
         self._readonly = readonly
@@ -147,6 +111,22 @@ class Ledger:
             # FULL: a commit is on disk before we rename files on the strength of it.
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            names = {r[1] for r in self._db.execute("PRAGMA table_info(recordings)")}
+            for column, kind in (("holder", "TEXT"), ("unknown_since", "REAL")):
+                if column not in names:
+                    self._db.execute(f"ALTER TABLE recordings ADD COLUMN {column} {kind}")
+            for statement in _MIGRATE_2.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -186,6 +166,10 @@ class Ledger:
             return self._select("WHERE recording_id = ? ORDER BY id", (recording_id,))
         return self._select("WHERE recording_id = ? AND sha256 = ? ORDER BY id", (recording_id, sha256))
 
+    def by_file(self, file: str) -> list[Row]:
+        """Rows whose recording sat at ``file`` (relative to a work folder)."""
+        return self._select("WHERE file = ? ORDER BY id", (file,))
+
     def lookup(self, ident: str) -> list[Row]:
         """Rows whose recording id or job id is ``ident``."""
         return self._select("WHERE recording_id = ? OR job_id = ? ORDER BY id", (ident, ident))
@@ -211,17 +195,24 @@ class Ledger:
 
     def due_polls(self, now: float, limit: int = 100) -> list[Row]:
         return self._select(
-            "WHERE job_id IS NOT NULL AND state IN ('accepted', 'done') "
+            "WHERE job_id IS NOT NULL AND state IN ('accepted', 'uploaded', 'done') "
             "AND (job_status IS NULL OR job_status = 'started') AND next_poll_at <= ? "
             "ORDER BY next_poll_at LIMIT ?",
             (now, limit),
+        )
+
+    def settle_due(self, limit: int = 100) -> list[Row]:
+        """Rows in uploaded/ whose job has ended: their files are due to move on."""
+        return self._select(
+            "WHERE state = 'uploaded' AND job_status IN ('completed', 'failed', 'unknown') ORDER BY id LIMIT ?",
+            (limit,),
         )
 
     def next_poll_at(self) -> float | None:
         with self._lock:
             cur = self._db.execute(
                 "SELECT MIN(next_poll_at) FROM recordings WHERE job_id IS NOT NULL "
-                "AND state IN ('accepted', 'done') AND (job_status IS NULL OR job_status = 'started')"
+                "AND state IN ('accepted', 'uploaded', 'done') AND (job_status IS NULL OR job_status = 'started')"
             )
             value = cur.fetchone()[0]
         return float(value) if value is not None else None
@@ -229,49 +220,47 @@ class Ledger:
     def _select(self, tail: str, args: tuple[Any, ...]) -> list[Row]:
         if self._readonly:
             with self._lock:
-                return [Row(*v) for v in self._db.execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
-        return [Row(*v) for v in self._reader().execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
+                return [_row(v) for v in self._db.execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
+        return [_row(v) for v in self._reader().execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
 
-    # -- writes: each is one transaction, committed before it returns ---------------------
+    # -- writes: each is one transaction, committed before it returns; each state change a compare-and-set
 
-    def open_row(self, recording_id: str, sha256: str, file: str, size: int) -> Row:
-        """The open row for this recording and content, created in state ``claimed`` if none."""
+    def claim(self, recording_id: str, sha256: str, file: str, size: int, take: Row | None = None) -> Row | None:
+        """Open a row in ``claimed`` for this process: a new one, or ``take`` as it was read (a leftover,
+        a put-back, a dead holder's). None when another process got there first: decide again."""
         now = self._clock.time()
         with self._write(durable=False):
-            found = self._db.execute(
-                f"SELECT id FROM recordings WHERE recording_id = ? AND sha256 = ? AND state IN "
-                f"({', '.join('?' * len(OPEN_STATES))}) ORDER BY id DESC LIMIT 1",
-                (recording_id, sha256, *OPEN_STATES),
-            ).fetchone()
-            if not found:
-                # A pair put back because it changed comes back with new content: same row.
-                found = self._db.execute(
-                    "SELECT id FROM recordings WHERE recording_id = ? AND file = ? AND state = 'released' "
-                    "ORDER BY id DESC LIMIT 1",
-                    (recording_id, file),
-                ).fetchone()
-            if found:
-                row_id = int(found[0])
-                self._db.execute(
-                    "UPDATE recordings SET state = 'claimed', file = ?, sha256 = ?, size = ?, updated_at = ? "
-                    "WHERE id = ?",
-                    (file, sha256, size, now, row_id),
-                )
-            else:
-                cur = self._db.execute(
-                    "INSERT INTO recordings (recording_id, sha256, file, size, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, 'claimed', ?, ?)",
-                    (recording_id, sha256, file, size, now, now),
-                )
+            if take is None:
+                try:
+                    cur = self._db.execute(
+                        "INSERT INTO recordings (recording_id, sha256, file, size, state, holder, created_at, "
+                        "updated_at) VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?)",
+                        (recording_id, sha256, file, size, self.holder, now, now),
+                    )
+                except sqlite3.IntegrityError:  # another process opened a row for this content meanwhile
+                    return None
                 row_id = int(cur.lastrowid or 0)
+            else:
+                assert allowed(take.state, State.CLAIMED), take.state
+                try:
+                    cur = self._db.execute(
+                        "UPDATE recordings SET state = 'claimed', file = ?, sha256 = ?, size = ?, holder = ?, "
+                        "updated_at = ? WHERE id = ? AND state = ? AND holder IS ?",
+                        (file, sha256, size, self.holder, now, take.id, take.state, take.holder),
+                    )
+                except sqlite3.IntegrityError:
+                    return None
+                if cur.rowcount != 1:
+                    return None
+                row_id = take.id
             self._event(row_id, now, "claimed", file)
-            values = self._db.execute(f"SELECT {_COLS} FROM recordings WHERE id = ?", (row_id,)).fetchone()
-        return Row(*values)
+            return self._get(row_id)
 
-    def record_terminal(self, recording_id: str, sha256: str, file: str, size: int, state: str, **fields: Any) -> int:
+    def record_terminal(self, recording_id: str, sha256: str, file: str, size: int, state: State, **fields: Any) -> Row:
         """A row that is born terminal (a duplicate, or a failure before the content was known)."""
+        assert allowed(None, state) and state in FINAL, state
         now = self._clock.time()
-        with self._write(durable=state in DURABLE_STATES):
+        with self._write(durable=state in DURABLE):
             cur = self._db.execute(
                 "INSERT INTO recordings (recording_id, sha256, file, size, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -280,26 +269,40 @@ class Ledger:
             row_id = int(cur.lastrowid or 0)
             self._set(row_id, now, fields)
             self._event(row_id, now, state, fields.get("last_error") or fields.get("duplicate_of"))
-        return row_id
+            return self._get(row_id)
 
-    def transition(self, row_id: int, state: str, event: str | None = None, **fields: Any) -> None:
-        """Move a row to ``state`` and set ``fields``, in one commit (on disk at once if DURABLE_STATES)."""
-        assert state in STATES, state
+    def transition(self, row: Row, state: State, event: str | None = None, **fields: Any) -> Row:
+        """Move ``row`` from the state it was read in to ``state`` and set ``fields``, in one commit (on
+        disk at once if DURABLE). StaleRowError if the row is no longer as read; a transition the table does
+        not allow is a bug (AssertionError)."""
+        assert allowed(row.state, state), f"{row.state} -> {state}"
         now = self._clock.time()
-        with self._write(durable=state in DURABLE_STATES):
-            self._set(row_id, now, {**fields, "state": state})
+        if state in FINAL or state == State.RELEASED:
+            fields = {**fields, "holder": None}
+        with self._write(durable=state in DURABLE):
+            self._cas(row, now, {**fields, "state": state}, attempts=state == State.UPLOADING)
             detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")
-            self._event(row_id, now, event or state, None if detail is None else str(detail))
+            self._event(row.id, now, event or state, None if detail is None else str(detail))
+            return self._get(row.id)
 
-    def begin_attempt(self, row_id: int) -> None:
+    def begin_attempt(self, row: Row) -> Row:
         """Record the intent to upload: from here the request may be on the wire."""
-        now = self._clock.time()
-        with self._write(durable=False):
-            self._db.execute(
-                "UPDATE recordings SET state = 'uploading', attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (now, row_id),
-            )
-            self._event(row_id, now, "uploading", None)
+        return self.transition(row, State.UPLOADING)
+
+    def _cas(self, row: Row, now: float, fields: dict[str, Any], *, attempts: bool = False) -> None:
+        unknown = set(fields) - set(COLUMNS)
+        assert not unknown, unknown
+        assignments = "".join(f"{name} = ?, " for name in fields)
+        bump = "attempts = attempts + 1, " if attempts else ""
+        cur = self._db.execute(
+            f"UPDATE recordings SET {assignments}{bump}updated_at = ? WHERE id = ? AND state = ?",
+            (*fields.values(), now, row.id, row.state),
+        )
+        if cur.rowcount != 1:
+            raise StaleRowError(f"ledger row {row.id} ({row.recording_id}) is no longer {row.state}")
+
+    def _get(self, row_id: int) -> Row:
+        return _row(self._db.execute(f"SELECT {_COLS} FROM recordings WHERE id = ?", (row_id,)).fetchone())
 
     def update_job(self, row_id: int, **fields: Any) -> None:
         now = self._clock.time()
@@ -322,3 +325,9 @@ class Ledger:
         self._db.execute(
             "INSERT INTO events (row_id, at, event, detail) VALUES (?, ?, ?, ?)", (row_id, now, event, detail)
         )
+
+
+def _row(values: tuple[Any, ...]) -> Row:
+    fields = dict(zip(COLUMNS, values, strict=True))
+    fields["state"] = State(fields["state"])
+    return Row(**fields)

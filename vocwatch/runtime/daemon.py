@@ -7,17 +7,18 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import structlog
 
-from vocwatch.core.model import Clock, Pair
+from vocwatch.core.journey import OnConflict
+from vocwatch.core.model import Clock
 from vocwatch.core.pairing import Rules
+from vocwatch.core.states import Stage
 from vocwatch.edges.client import CrescendoClient, build_http
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
-from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.folders import Folders
 from vocwatch.edges.ledger import Ledger
 from vocwatch.edges.logs import SCRUB
 from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
@@ -29,6 +30,8 @@ from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
 from vocwatch.runtime.planner import Planner, ScanOptions
 from vocwatch.runtime.poller import StatusPoller
 from vocwatch.runtime.pool import Pool
+from vocwatch.runtime.recovery import other_instances as p_others
+from vocwatch.runtime.recovery import recover
 
 EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
 
@@ -89,14 +92,15 @@ def build(
     clock = clock or SystemClock()
     stats = stats or Stats()
     f = settings.folders
+    work = f.work_root / (instance or settings.instance)
     folders = Folders(
         inbox=f.inbox,
-        work=f.work_root / (instance or settings.instance),
+        work=work,
         done=f.done,
         failed=f.failed,
         uploaded=f.uploaded_root,
     )
-    ledger = Ledger(settings.ledger.path, clock)
+    ledger = Ledger(settings.ledger.path, clock, holder=work.name)
 
     def key() -> Any:
         secret = resolve_api_key(settings)
@@ -125,8 +129,9 @@ def build(
     options = PipelineOptions(
         max_bytes=up.max_bytes,
         defaults=settings.metadata.defaults,
-        on_conflict=up.on_conflict,
-        done_stage="uploaded" if f.done_after == "completed" else "done",
+        on_conflict=OnConflict(up.on_conflict),
+        done_stage=Stage.UPLOADED if f.done_after == "completed" else Stage.DONE,
+        require_sidecar=settings.watch.require_sidecar,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
     )
     pipeline = Pipeline(folders=folders, client=client, ledger=ledger, clock=clock, options=options, recorder=stats)
@@ -187,6 +192,7 @@ class Daemon:
             max_s=st.poll_max_seconds,
             factor=st.poll_factor,
             move_on_completion=settings.folders.done_after == "completed",
+            unknown_after_s=st.unknown_job_seconds,
             on_status=p.stats.job_status,
         )
         p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)
@@ -275,17 +281,11 @@ class Daemon:
         return 0
 
     def recover_ledger(self) -> None:
-        """Rows whose job id was committed but whose move was not: finish them without uploading."""
-        p = self.parts
-        for row in p.ledger.rows(state="accepted"):
-            rel = PurePosixPath(row.file)
-            if os.path.lexists(p.folders.work / rel):
-                claimed = Claimed(Pair(rel, p.folders.sidecar_beside(rel)), p.folders.work, p.folders.inbox)
-                p.pipeline.finish_accepted(claimed, row)
-                self.log.info("recover.moved", recording_id=row.recording_id, job_id=row.job_id, file=row.file)
-            elif row.destination and os.path.lexists(row.destination):
-                p.ledger.transition(row.id, "done", event="recovered", destination=row.destination)
-        others = [d.name for d in p.folders.work.parent.glob("*") if d.is_dir() and d != p.folders.work]
+        """Rows that a crash left behind their files: the same decision (core.journey.decide_row) the
+        poller uses. Pairs still in work/ are not touched here: the planner offers them, and each one's
+        own decision (finish the move, drop a copy, upload, put back) runs in a worker."""
+        recover(self.parts, self.log)
+        others = [d.name for d in p_others(self.parts)]
         if others:
             self.log.warning(
                 "recover.other_instances",

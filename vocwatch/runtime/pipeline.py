@@ -7,19 +7,34 @@ import io
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, Protocol
 
 import structlog
 
+from vocwatch.core.journey import (
+    Busy,
+    Conflict,
+    DropCopies,
+    Duplicate,
+    FinishMove,
+    LoneSeen,
+    OnConflict,
+    ReturnToInbox,
+    Seen,
+    Upload,
+    decide,
+    decide_lone,
+)
 from vocwatch.core.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
-from vocwatch.core.pairing import printable
+from vocwatch.core.pairing import classify, printable
 from vocwatch.core.reasons import REASONS
+from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.client import metadata_json
-from vocwatch.edges.folders import Claimed, Folders, Stage
-from vocwatch.edges.ledger import UPLOADED_STATES, Ledger, Row
+from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.ledger import Ledger
 from vocwatch.edges.validate import (
     CONTENT_TYPES,
     HEAD_BYTES,
@@ -52,9 +67,10 @@ class Recorder(Protocol):
 class PipelineOptions:
     max_bytes: int
     defaults: Mapping[str, Any]
-    on_conflict: Literal["fail", "upload"] = "fail"
-    done_stage: Stage = "done"
+    on_conflict: OnConflict = OnConflict.FAIL
+    done_stage: Stage = Stage.DONE
     poll_initial_s: float | None = 5.0  # None: the status poller is off
+    require_sidecar: bool = True
 
 
 @dataclass(slots=True)
@@ -73,6 +89,10 @@ class Prepared:
 
 
 Finished = Literal["done", "failed", "duplicate", "released"]
+# How often a worker looks again at a recording that another live process holds open.
+BUSY_POLL_S = 0.2
+# Compare-and-set misses in a row before a pair is put back to be taken again later.
+MAX_RACES = 8
 
 
 class Pipeline:
@@ -98,6 +118,12 @@ class Pipeline:
         # dropped twice at once must wait for the first to settle, then become its duplicate.
         self._active: set[tuple[str, str]] = set()
         self._active_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.me = ledger.holder or folders.work.name
+
+    def stop(self) -> None:
+        """Stop waiting for recordings that another process holds (shutdown)."""
+        self._stopping.set()
 
     # -- preparation ---------------------------------------------------------------------
 
@@ -109,6 +135,10 @@ class Pipeline:
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
             return "released"
+        if claimed.sidecar is None:
+            lone = self._settle_lone(claimed, log)
+            if lone is not None:
+                return lone
         opened = open_regular(claimed.audio)
         if isinstance(opened, Problem):
             return self._fail_unopened(claimed, opened, log, started)
@@ -159,16 +189,14 @@ class Pipeline:
                 return Unsettled("the same recording is being uploaded under another name; it waits for that one")
             self._active.add((rid, digest))
         try:
-            settled = self._settle_known(claimed, rid, digest, st.st_size, log)
-            row = (
-                None if settled is not None else self.ledger.open_row(rid, digest, str(claimed.pair.audio), st.st_size)
-            )
+            opened_row = self._open_row(claimed, rid, digest, st.st_size, log)
         except BaseException:
             self._forget_active(rid, digest)
             raise
-        if row is None:
+        if not isinstance(opened_row, Row):
             self._forget_active(rid, digest)
-            return settled if settled is not None else "released"
+            return opened_row
+        row = opened_row
         content_type = CONTENT_TYPES[os.path.splitext(claimed.pair.audio.name)[1].lower()]
         return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started)
 
@@ -181,44 +209,99 @@ class Pipeline:
         with self._active_lock:
             self._active.discard((rid, digest))
 
-    def _settle_known(self, claimed: Claimed, rid: str, digest: str, size: int, log: Log) -> Finished | Problem | None:
-        """What the ledger already knows decides: a crash leftover, a duplicate, or a conflict."""
-        rows = self.ledger.find(rid)
-        for row in rows:
-            if row.state == "accepted" and row.sha256 == digest and row.file == str(claimed.pair.audio):
+    def _alive(self, rows: list[Row]) -> frozenset[str]:
+        holders = {r.holder for r in rows if r.holder and r.holder != self.me}
+        return frozenset(h for h in holders if self.folders.holder_alive(h))
+
+    def _linked(self, claimed: Claimed, rows: list[Row]) -> frozenset[int]:
+        return frozenset(r.id for r in rows if r.destination and _same_file(claimed.audio, Path(r.destination)))
+
+    def _open_row(
+        self, claimed: Claimed, rid: str, digest: str, size: int, log: Log
+    ) -> Row | Finished | Problem | Unsettled:
+        """Decide from the ledger (core.journey.decide) and act; a compare-and-set miss decides again."""
+        rel = str(claimed.pair.audio)
+        races = 0
+        while races < MAX_RACES:
+            rows = self.ledger.find(rid)
+            seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
+            step = decide(rows, seen, self.options.on_conflict)
+            if isinstance(step, Upload):
+                row = self.ledger.claim(rid, digest, rel, size, step.take)
+                if row is not None:
+                    return row
+                races += 1
+            elif isinstance(step, Busy):
+                log.info("claim.busy", holder=step.row.holder, note="another vocwatch is uploading this recording")
+                if self._stopping.wait(BUSY_POLL_S):
+                    return Unsettled("shutting down while another process held this recording")
+            elif isinstance(step, FinishMove):
                 # A crash fell between committing the job id and moving the files: finish the move.
-                self.finish_accepted(claimed, row, log.bind(job_id=row.job_id))
+                self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
                 return "done"
-            if row.state == "done" and row.destination and _same_file(claimed.audio, Path(row.destination)):
-                # A power cut kept the move's link in done/ but lost the unlink from work/: drop the copy.
-                self.folders.forget_copies(claimed, Path(row.destination))
-                log.info("recover.dropped_copy", job_id=row.job_id, destination=row.destination)
+            elif isinstance(step, DropCopies):
+                # A power cut kept the move's link at the destination but lost the unlink from work/.
+                assert step.row.destination is not None
+                self.folders.forget_copies(claimed, Path(step.row.destination))
+                log.info("recover.dropped_copy", job_id=step.row.job_id, destination=step.row.destination)
                 return "done"
-        uploaded = [r for r in rows if r.state in UPLOADED_STATES]
-        same = [r for r in uploaded if r.sha256 == digest]
-        if same:
-            job = same[0].job_id
-            dest = self.folders.finish(claimed, "done")
-            self.ledger.record_terminal(
-                rid, digest, str(claimed.pair.audio), size, "duplicate", duplicate_of=job, destination=str(dest)
-            )
-            log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
-            self.recorder.finished("duplicate")
-            return "duplicate"
-        if uploaded and self.options.on_conflict == "fail":
-            jobs = ", ".join(sorted({r.job_id or "?" for r in uploaded}))
-            return Problem(
-                "conflict",
-                f"recording id {rid} was already uploaded with different content (job {jobs}); "
-                'give this recording its own id, or set upload.on_conflict = "upload"',
-            )
+            elif isinstance(step, Duplicate):
+                return self._duplicate(claimed, step.of, rid, digest, size, log)
+            elif isinstance(step, Conflict):
+                return Problem(
+                    "conflict",
+                    f"recording id {rid} was already uploaded with different content (job {', '.join(step.jobs)}); "
+                    'give this recording its own id, or set upload.on_conflict = "upload"',
+                )
+            else:  # pragma: no cover - decide() returns ReturnToInbox only for lone files
+                raise AssertionError(step)
+        return Unsettled("the ledger row kept changing under this claim; it is taken again later")
+
+    def _duplicate(self, claimed: Claimed, of: Row, rid: str, digest: str, size: int, log: Log) -> Finished:
+        job = of.job_id or of.duplicate_of
+        dest = self.folders.finish(claimed, Stage.DONE)
+        self.ledger.record_terminal(
+            rid, digest, str(claimed.pair.audio), size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
+        )
+        log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
+        self.recorder.finished("duplicate")
+        return "duplicate"
+
+    def _settle_lone(self, claimed: Claimed, log: Log) -> Finished | None:
+        """A recording in work/ without its sidecar beside it: finish a half-done move (the sidecar moves
+        first), else put it back to pair again. None: it is a lone recording to upload under its stem."""
+        rel = str(claimed.pair.audio)
+        rows = self.ledger.by_file(rel)
+        if not any(r.state in (State.ACCEPTED, State.DONE, State.UPLOADED, State.DUPLICATE) for r in rows):
+            step: FinishMove | DropCopies | ReturnToInbox | Busy = ReturnToInbox()
+        else:
+            try:
+                digest = _sha256_of(claimed.audio)
+            except OSError:
+                return None  # let the pair's own path say why it cannot be read
+            seen = LoneSeen(rel, digest, self.me, self._alive(rows), self._linked(claimed, rows))
+            step = decide_lone(rows, seen)
+        if isinstance(step, FinishMove):
+            log.info("recover.half_moved", job_id=step.row.job_id, destination=step.row.destination)
+            self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
+            return "done"
+        if isinstance(step, DropCopies):
+            assert step.row.destination is not None
+            self.folders.forget_copies(claimed, Path(step.row.destination))
+            return "done"
+        if isinstance(step, Busy):
+            return "released"  # its holder finishes it
+        if self.options.require_sidecar or classify(claimed.pair.audio.name)[0] != "audio":
+            log.info("claim.half_returned")
+            self.folders.release(claimed)
+            return "released"
         return None
 
     # -- one attempt ---------------------------------------------------------------------
 
     def attempt(self, prep: Prepared) -> Outcome:
         """Send once and act on a final outcome; transient ones are returned for the pool to wait on."""
-        self.ledger.begin_attempt(prep.row.id)
+        prep.row = self.ledger.begin_attempt(prep.row)
         started = self.clock.monotonic()
         outcome = self.client.upload(
             prep.fh,
@@ -237,7 +320,7 @@ class Pipeline:
         elif isinstance(outcome, Unsettled):
             self._release_unsettled(prep.claimed, prep, outcome, prep.log)
         else:
-            self.ledger.transition(prep.row.id, "claimed", event="retry", last_error=_reason(outcome))
+            prep.row = self.ledger.transition(prep.row, State.CLAIMED, event="retry", last_error=_reason(outcome))
             self.recorder.retried(_reason(outcome))
         return outcome
 
@@ -246,9 +329,9 @@ class Pipeline:
         dest = self.folders.plan_destination(prep.claimed, self.options.done_stage)
         poll_at = None if self.options.poll_initial_s is None else self.clock.time() + self.options.poll_initial_s
         # The job id is durable before any file moves: a crash from here on never re-uploads.
-        self.ledger.transition(
-            prep.row.id,
-            "accepted",
+        prep.row = self.ledger.transition(
+            prep.row,
+            State.ACCEPTED,
             job_id=job_id,
             destination=str(dest),
             last_error=None,
@@ -256,7 +339,7 @@ class Pipeline:
             poll_interval=self.options.poll_initial_s,
         )
         prep.fh.close()
-        self.finish_accepted(prep.claimed, replace(prep.row, job_id=job_id, destination=str(dest)), log)
+        self.finish_accepted(prep.claimed, prep.row, log)
         size = prep.signature[0]
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
         self.recorder.finished("done", nbytes=size, seconds=seconds)
@@ -265,11 +348,11 @@ class Pipeline:
         """Move an accepted pair to its recorded destination and mark it done (also crash recovery)."""
         log = log or self.log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
         planned = Path(row.destination) if row.destination else None
-        try:
-            dest = self.folders.finish(claimed, self.options.done_stage, planned)
-        except FileExistsError:  # someone else's file took the planned name meanwhile
-            dest = self.folders.finish(claimed, self.options.done_stage)
-        self.ledger.transition(row.id, "done", destination=str(dest))
+        stage = self.folders.stage_of(planned) if planned is not None else None
+        stage = stage or self.options.done_stage
+        dest = self.folders.finish(claimed, stage, planned)
+        after = State.UPLOADED if stage == Stage.UPLOADED else State.DONE
+        self.ledger.transition(row, after, destination=str(dest))
         log.debug("files.moved", destination=str(dest))
 
     def _rejected(self, prep: Prepared, outcome: Rejected) -> None:
@@ -291,7 +374,7 @@ class Pipeline:
         """Put a prepared pair back in the inbox untouched (shutdown, or it changed)."""
         prep.fh.close()
         self.folders.release(prep.claimed)
-        self.ledger.transition(prep.row.id, "released", last_error=why)
+        prep.row = self.ledger.transition(prep.row, State.RELEASED, last_error=why)
         prep.log.info("upload.released", reason=why)
 
     def _release_unsettled(self, claimed: Claimed, prep: Prepared | None, why: Unsettled, log: Log) -> Finished:
@@ -324,12 +407,12 @@ class Pipeline:
             claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra
         )
         size = claimed.audio.lstat().st_size if os.path.lexists(claimed.audio) else 0
-        dest = self.folders.finish(claimed, "failed", error=error)
+        dest = self.folders.finish(claimed, Stage.FAILED, error=error)
         fields: dict[str, Any] = {"last_error": f"{problem.code}: {problem.message}", "destination": str(dest)}
         if row is None:
-            self.ledger.record_terminal(recording_id, "", str(claimed.pair.audio), size, "failed", **fields)
+            self.ledger.record_terminal(recording_id, "", str(claimed.pair.audio), size, State.FAILED, **fields)
         else:
-            self.ledger.transition(row.id, "failed", **fields)
+            self.ledger.transition(row, State.FAILED, **fields)
         ms = round((self.clock.monotonic() - started) * 1000)
         log.warning(
             "upload.failed", reason=problem.code, message=problem.message, destination=str(dest), bytes=size, ms=ms
@@ -353,6 +436,11 @@ def error_document(
         **extra,
         "failed_at": datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds"),
     }
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _same_file(a: Path, b: Path) -> bool:

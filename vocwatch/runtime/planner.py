@@ -142,14 +142,12 @@ class Planner:
         if seen is not None:
             for rel in [r for r in known if r not in seen]:
                 self._inbox.forget(rel)
-        for claimed, whole in self._folders.claims_in_work(self._opts.rules.require_sidecar):
+        for claimed, _whole in self._folders.claims_in_work(self._opts.rules.require_sidecar):
             if self._pool.owns(claimed) or any(c.audio == claimed.audio for c in self._leftovers):
                 continue
-            if whole:
-                self._leftovers.append(claimed)
-            else:
-                self._log.info("claim.half_returned", file=str(claimed.pair.audio))
-                self._folders.release(claimed)
+            # Whole or not, the pipeline decides from the ledger: a lone recording may be half-way to
+            # done/ (its sidecar is there already), and only its row can tell.
+            self._leftovers.append(claimed)
         self.scans += 1
         if unannounced:
             self.unannounced += unannounced

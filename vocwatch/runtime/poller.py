@@ -11,9 +11,10 @@ from typing import Any, Protocol
 import structlog
 
 from vocwatch.core.model import Clock, Pair, Problem, Rejected
+from vocwatch.core.states import FINAL_JOB, JobState, Row, Stage, State
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
-from vocwatch.edges.ledger import Ledger, Row
+from vocwatch.edges.ledger import Ledger
 from vocwatch.runtime.pipeline import error_document
 
 
@@ -33,6 +34,7 @@ class StatusPoller:
         max_s: float,
         factor: float,
         move_on_completion: bool,
+        unknown_after_s: float = 3600.0,
         on_status: Callable[[str], None] = lambda status: None,
         log: Any = None,
     ) -> None:
@@ -44,6 +46,7 @@ class StatusPoller:
         self._max = max_s
         self._factor = factor
         self._move = move_on_completion
+        self._unknown_after = unknown_after_s
         self._on_status = on_status
         self._log = log or structlog.get_logger("vocwatch.runtime.poller")
         self._stop = threading.Event()
@@ -61,7 +64,7 @@ class StatusPoller:
             self._stop.wait(wait)
 
     def poll_due(self) -> int:
-        """Ask about every job whose next poll is due; return how many were asked."""
+        """Ask about every job whose next poll is due, then move the pairs whose job has ended."""
         rows = self._ledger.due_polls(self._clock.time())
         for row in rows:
             if self._stop.is_set():
@@ -77,6 +80,21 @@ class StatusPoller:
                     fix="retried at the next poll interval",
                 )
                 self._ledger.update_job(row.id, next_poll_at=self._clock.time() + self._max)
+        self.settle_due()
+        return len(rows)
+
+    def settle_due(self) -> int:
+        """Rows in ``uploaded`` whose job has ended: their files move on (done/ or failed/). The row's
+        state decides, not the moment the status came: a pair that reached uploaded/ late still moves."""
+        rows = self._ledger.settle_due()
+        for row in rows:
+            if self._stop.is_set():
+                break
+            log = self._log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
+            try:
+                self._settle_files(row, log)
+            except OSError as exc:
+                log.error("files.move_failed", error=f"{exc.strerror or exc} ({exc.filename})", fix="retried soon")
         return len(rows)
 
     def _poll(self, row: Row) -> None:
@@ -84,58 +102,80 @@ class StatusPoller:
         log = self._log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
         outcome = self._client.job_status(row.job_id)
         interval = min(self._max, (row.poll_interval or self._initial) * self._factor)
+        now = self._clock.time()
         if isinstance(outcome, JobStatus):
             self._on_status(outcome.status)
             finished = outcome.finished_ms / 1000 if outcome.finished_ms is not None else None
-            final = outcome.status in ("completed", "failed")
-            if final and self._move:
-                # Files first: the final status stops the polling, so it is committed only once they moved.
-                self._settle_files(row, outcome, log)
+            final = outcome.status in FINAL_JOB
             self._ledger.update_job(
                 row.id,
                 job_status=outcome.status,
                 job_finished_at=finished,
                 job_error=outcome.error,
-                next_poll_at=None if final else self._clock.time() + interval,
+                next_poll_at=None if final else now + interval,
                 poll_interval=interval,
+                unknown_since=None,
             )
-            if outcome.status == "failed":
+            if outcome.status == JobState.FAILED:
                 log.warning("job.failed", error=outcome.error)
-            elif outcome.status == "completed":
+            elif outcome.status == JobState.COMPLETED:
                 log.info("job.completed")
             return
         if isinstance(outcome, Rejected):
-            # The API no longer knows the job: stop asking, keep the record.
-            self._ledger.update_job(
-                row.id, job_error=f"status: HTTP {outcome.status} {outcome.message}", next_poll_at=None
-            )
-            log.warning("job.unknown", status=outcome.status, message=outcome.message)
+            # The API does not know the job (404). It may be late to know it, or have forgotten it: ask
+            # again until status.unknown_job_seconds, then end the row with that reason.
+            since = row.unknown_since if row.unknown_since is not None else now
+            message = f"HTTP {outcome.status} {outcome.message}"
+            if now - since >= self._unknown_after:
+                self._ledger.update_job(
+                    row.id,
+                    job_status=JobState.UNKNOWN,
+                    job_error=f"Crescendo no longer knows job {row.job_id}: {message} for {now - since:.0f} s",
+                    next_poll_at=None,
+                )
+                log.warning("job.unknown", status=outcome.status, message=outcome.message, seconds=round(now - since))
+            else:
+                self._ledger.update_job(
+                    row.id,
+                    unknown_since=since,
+                    job_error=f"status: {message}",
+                    next_poll_at=now + interval,
+                    poll_interval=interval,
+                )
+                log.info("job.not_found", status=outcome.status, retry_in_s=round(interval))
             return
-        self._ledger.update_job(row.id, next_poll_at=self._clock.time() + interval, poll_interval=interval)
+        self._ledger.update_job(row.id, next_poll_at=now + interval, poll_interval=interval)
 
-    def _settle_files(self, row: Row, status: JobStatus, log: Any) -> None:
-        """With done_after = "completed": move the pair from uploaded/ to done/ or failed/."""
-        if not row.destination:
-            return
-        audio = Path(row.destination)
-        root = self._folders.stages["uploaded"]
-        try:
+    def _settle_files(self, row: Row, log: Any) -> None:
+        """A row in ``uploaded`` whose job ended: move its pair from uploaded/ to done/ or failed/."""
+        root = self._folders.stages[Stage.UPLOADED]
+        audio = Path(row.destination) if row.destination else None
+        claimed = None
+        if audio is not None and audio.is_relative_to(root) and os.path.lexists(audio):
             rel = PurePosixPath(audio.relative_to(root).as_posix())
-        except ValueError:
-            return  # not in uploaded/ (already moved, or moved by hand)
-        if not os.path.lexists(audio):
-            return  # moved before a crash took the ledger's note of it
-        sidecar = next(
-            (c for c in (audio.with_suffix(".json"), audio.with_name(audio.name + ".json")) if c.exists()), None
-        )
-        side_rel = PurePosixPath(sidecar.relative_to(root).as_posix()) if sidecar else None
-        claimed = Claimed(Pair(rel, side_rel), root, root)
-        if status.status == "completed":
-            dest = self._folders.finish(claimed, "done")
-            self._ledger.update_job(row.id, destination=str(dest))
+            sidecar = next(
+                (c for c in (audio.with_suffix(".json"), audio.with_name(audio.name + ".json")) if c.exists()), None
+            )
+            side_rel = PurePosixPath(sidecar.relative_to(root).as_posix()) if sidecar else None
+            claimed = Claimed(Pair(rel, side_rel), root, root)
+        if row.job_status == JobState.COMPLETED:
+            if claimed is None:  # moved by hand: the row still ends, and says where it was
+                self._ledger.transition(row, State.DONE, last_error="files not found in uploaded/")
+                return
+            dest = self._folders.finish(claimed, Stage.DONE)
+            self._ledger.transition(row, State.DONE, destination=str(dest))
             return
-        problem = Problem("job_failed", f"Crescendo's job {row.job_id} failed: {status.error or 'no reason given'}")
-        error = error_document(audio.name, side_rel, row.recording_id, problem, self._clock, job_id=row.job_id)
-        dest = self._folders.finish(claimed, "failed", error=error)
-        self._ledger.transition(row.id, "failed", destination=str(dest), last_error=f"job_failed: {status.error}")
-        log.warning("files.job_failed", destination=str(dest))
+        if row.job_status == JobState.UNKNOWN:
+            problem = Problem("job_unknown", row.job_error or f"Crescendo no longer knows job {row.job_id}")
+        else:
+            problem = Problem(
+                "job_failed", f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
+            )
+        fields = {"last_error": f"{problem.code}: {problem.message}"}
+        if claimed is not None:
+            error = error_document(
+                claimed.pair.audio.name, claimed.pair.sidecar, row.recording_id, problem, self._clock, job_id=row.job_id
+            )
+            fields["destination"] = str(self._folders.finish(claimed, Stage.FAILED, error=error))
+        self._ledger.transition(row, State.FAILED, **fields)
+        log.warning("files.job_failed", reason=problem.code, destination=fields.get("destination"))

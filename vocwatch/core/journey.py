@@ -1,0 +1,169 @@
+"""What to do next with a recording: pure decisions over its ledger rows and what was seen on disk.
+
+One function per question, each a table over (row state, observation) in tests/test_journey.py. The
+pipeline, recovery, put-backs, half-finished moves and the backfill all ask these; none decides alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vocwatch.core.states import FINAL_JOB, OPEN, UPLOADED, JobState, Row, Stage, State
+
+
+class OnConflict(StrEnum):
+    FAIL = "fail"
+    UPLOAD = "upload"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A whole pair found in this process's work/ folder, hashed: what decides its next step."""
+
+    recording_id: str
+    sha256: str
+    file: str  # relative to the work folder
+    me: str  # this process's holder name
+    alive: frozenset[str]  # holders of this recording's rows that another live process is
+    linked_to: frozenset[int] = frozenset()  # rows whose destination is these very files (hard links)
+
+
+# The steps. Each names the row it acts on, as read: the ledger's compare-and-set refuses it if the
+# row changed meanwhile, and the caller decides again.
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """Send it: in a new row (``take`` None) or in ``take``, an open row nobody live holds."""
+
+    take: Row | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishMove:
+    """The job id is durable but the files are still in work/: move them to the row's destination."""
+
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class DropCopies:
+    """The files already are at the row's destination (a lost unlink): drop the work/ names."""
+
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The same recording and content already has a job: record this copy as its duplicate."""
+
+    of: Row
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The recording id was uploaded with other content, and upload.on_conflict is "fail"."""
+
+    jobs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another live process holds this recording open: wait for it, then decide again."""
+
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnToInbox:
+    """A lone half the ledger knows nothing of: a claim cut short. It goes back to pair again."""
+
+
+Step = Upload | FinishMove | DropCopies | Duplicate | Conflict | Busy | ReturnToInbox
+
+
+def _mine(row: Row, seen: Seen) -> bool:
+    """True when no other live process holds ``row``: this one may act on it."""
+    return row.holder is None or row.holder == seen.me or row.holder not in seen.alive
+
+
+def decide(rows: Sequence[Row], seen: Seen, on_conflict: OnConflict = OnConflict.FAIL) -> Step:
+    """The next step for a whole pair in work/, given every ledger row of its recording id."""
+    for row in rows:
+        if row.state == State.ACCEPTED and row.sha256 == seen.sha256 and row.file == seen.file and _mine(row, seen):
+            return FinishMove(row)
+        if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
+            return DropCopies(row)
+    same = [r for r in rows if r.sha256 == seen.sha256]
+    uploaded = [r for r in same if r.state in UPLOADED]
+    if uploaded:
+        return Duplicate(uploaded[0])
+    held = [r for r in same if r.state in OPEN]
+    busy = [r for r in held if not _mine(r, seen)]
+    if busy:
+        return Busy(busy[0])
+    others = [r for r in rows if r.state in UPLOADED and r.sha256 != seen.sha256]
+    if others and on_conflict == OnConflict.FAIL:
+        return Conflict(tuple(sorted({r.job_id or "?" for r in others})))
+    if held:
+        return Upload(held[-1])
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    return Upload(released[-1] if released else None)
+
+
+@dataclass(frozen=True, slots=True)
+class LoneSeen:
+    """A single file in work/ whose partner is not beside it."""
+
+    file: str  # relative to the work folder
+    sha256: str
+    me: str
+    alive: frozenset[str]
+    linked_to: frozenset[int] = frozenset()
+
+
+def decide_lone(rows: Sequence[Row], seen: LoneSeen) -> FinishMove | DropCopies | ReturnToInbox | Busy:
+    """A lone recording in work/: its sidecar moved on before a crash or a failed move (the sidecar
+    always moves first), or a claim was cut short. ``rows``: the ledger's rows for this file."""
+    probe = Seen("", seen.sha256, seen.file, seen.me, seen.alive, seen.linked_to)
+    for row in rows:
+        if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
+            return DropCopies(row)
+        if row.state == State.ACCEPTED and row.file == seen.file and row.sha256 == seen.sha256:
+            return FinishMove(row) if _mine(row, probe) else Busy(row)
+    return ReturnToInbox()
+
+
+# -- rows that recovery meets without files in work/ -------------------------------------------
+
+
+class RowStep(StrEnum):
+    KEEP = "keep"  # nothing to do now
+    MARK_DONE = "mark_done"  # the files reached done/ (or are gone); the ledger missed it
+    MARK_UPLOADED = "mark_uploaded"  # done_after = "completed": the files reached uploaded/
+    SETTLE_DONE = "settle_done"  # the job completed: move uploaded/ -> done/
+    SETTLE_FAILED = "settle_failed"  # the job failed or was forgotten: move uploaded/ -> failed/
+
+
+@dataclass(frozen=True, slots=True)
+class RowSeen:
+    in_work: bool  # the row's file is in this process's work/: the pair's own decision handles it
+    destination: Stage | None  # the stage folder the row's destination lies in, if it exists there
+    mine: bool  # no other live process holds the row
+
+
+def decide_row(row: Row, seen: RowSeen) -> RowStep:
+    """For a row after a restart (and for the poller): does the ledger or a move lag behind?"""
+    if seen.in_work or not seen.mine:
+        return RowStep.KEEP
+    if row.state == State.ACCEPTED:
+        if row.destination is None:
+            return RowStep.KEEP
+        # Gone from work/ and not in uploaded/: moved to done/, or removed by hand after its job id
+        # was recorded. Either way it arrived; the row must not stay open.
+        return RowStep.MARK_UPLOADED if seen.destination == Stage.UPLOADED else RowStep.MARK_DONE
+    if row.state == State.UPLOADED and row.job_status in FINAL_JOB:
+        return RowStep.SETTLE_DONE if row.job_status == JobState.COMPLETED else RowStep.SETTLE_FAILED
+    return RowStep.KEEP
