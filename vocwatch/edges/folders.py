@@ -21,6 +21,7 @@ from typing import Any
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
+from vocwatch.edges.effects import Effect, point
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,10 @@ class Folders:
         if any(os.path.lexists(target) for target in claimed.paths()):
             return None  # an earlier pair of the same name is still in flight; take this one later
         moved: list[tuple[Path, Path]] = []
-        for src, dst in zip(sources, claimed.paths(), strict=True):
+        # The sidecar first: a claim cut short by a crash leaves a lone sidecar in work/, which goes back
+        # to the inbox, never a lone recording, which could be taken for one sent alone (require_sidecar
+        # = false) or for the half of a move to done/ (where the sidecar leads).
+        for src, dst in reversed(list(zip(sources, claimed.paths(), strict=True))):
             try:
                 _rename(src, dst)
             except FileNotFoundError:
@@ -132,6 +136,7 @@ class Folders:
             ):
                 with contextlib.suppress(OSError):
                     if os.path.samestat(os.lstat(path), os.lstat(there)):
+                        point(Effect.UNLINK, path)
                         os.unlink(path)
                         break
 
@@ -210,7 +215,7 @@ class Folders:
         moves = [(claimed.sidecar, names.get("sidecar")), (claimed.audio, names["audio"])]
         if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
             moves = moves[1:]
-        elif any(dst is not None and os.path.lexists(dst) for _, dst in moves):
+        elif any(src is not None and dst is not None and _taken(src, dst) for src, dst in moves):
             return False
         if error is not None:
             _write_atomic(names["error"], json.dumps(error, indent=2, ensure_ascii=False) + "\n")
@@ -225,6 +230,7 @@ class Folders:
                 _move_no_clobber(dst, src)
             if error is not None:
                 with contextlib.suppress(OSError):
+                    point(Effect.UNLINK, names["error"])
                     os.unlink(names["error"])
             return False
         return True
@@ -295,9 +301,22 @@ def _suffix_of(destination: Path, rel: PurePosixPath) -> int:
     return int(destination.stem.rsplit("~", 1)[1])
 
 
+def _taken(src: Path, dst: Path) -> bool:
+    """Is ``dst`` another file than ``src``? The same file there is a move a crash cut short."""
+    try:
+        there = os.lstat(dst)
+    except FileNotFoundError:
+        return False
+    try:
+        return not os.path.samestat(os.lstat(src), there)
+    except FileNotFoundError:
+        return True
+
+
 def _rename(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
+        point(Effect.RENAME, dst)
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
@@ -313,9 +332,11 @@ def _move_no_clobber(src: Path, dst: Path) -> None:
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
+        point(Effect.LINK, dst)
         os.link(src, dst, follow_symlinks=False)
     except FileExistsError:
         if os.path.lexists(src) and os.path.samestat(os.lstat(src), os.lstat(dst)):
+            point(Effect.UNLINK, src)
             os.unlink(src)  # a crash fell between link and unlink last time
             return
         raise
@@ -328,13 +349,16 @@ def _move_no_clobber(src: Path, dst: Path) -> None:
         # A filesystem without hard links (some SMB/FAT mounts): check, then rename.
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from exc
+        point(Effect.RENAME, dst)
         os.rename(src, dst)
         return
+    point(Effect.UNLINK, src)
     os.unlink(src)
 
 
 def _copy_then_unlink(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.vocwatch-copy")
+    point(Effect.WRITE, dst)
     if src.is_symlink():
         os.symlink(os.readlink(src), tmp)
     else:
@@ -346,16 +370,19 @@ def _copy_then_unlink(src: Path, dst: Path) -> None:
     finally:
         os.unlink(tmp)
     _fsync_dirs({dst.parent})
+    point(Effect.UNLINK, src)
     os.unlink(src)
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        point(Effect.WRITE, path)
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        point(Effect.RENAME, path)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -371,6 +398,7 @@ def _fsync_dirs(dirs: set[Path]) -> None:
         except OSError:
             continue
         try:
+            point(Effect.FSYNC, folder)
             os.fsync(fd)
         except OSError:
             pass  # some network filesystems refuse fsync on a directory

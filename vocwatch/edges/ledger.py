@@ -15,6 +15,7 @@ from typing import Any
 
 from vocwatch.core.model import Clock
 from vocwatch.core.states import DURABLE, FINAL, Row, State, allowed
+from vocwatch.edges.effects import Effect, point
 
 __all__ = ["Ledger", "Row", "StaleRowError"]
 
@@ -149,6 +150,7 @@ class Ledger:
     def _write(self, durable: bool) -> Iterator[sqlite3.Connection]:
         """One transaction; ``durable`` ones are fsynced before this returns (synchronous=FULL)."""
         with self._lock:
+            point(Effect.COMMIT, self.path)
             if not durable:
                 self._db.execute("PRAGMA synchronous = NORMAL")
             try:

@@ -147,6 +147,9 @@ class Pipeline:
             ready = self._validate(claimed, fh, log, started)
         except OSError as exc:
             ready = Problem("unreadable", f"{claimed.pair.audio.name}: {exc.strerror or exc}")
+        except BaseException:
+            fh.close()
+            raise
         if isinstance(ready, Prepared):
             return ready
         fh.close()

@@ -9,13 +9,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vocwatch.core.journey import RowSeen, RowStep, decide_row
 from vocwatch.core.states import Row, State
+from vocwatch.edges.folders import Folders
+from vocwatch.edges.ledger import Ledger
 
-if TYPE_CHECKING:
-    from vocwatch.runtime.daemon import Parts
+
+class Parts(Protocol):
+    """What recovery works on: one process's folders and ledger."""
+
+    @property
+    def folders(self) -> Folders: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
 
 
 def observe(parts: Parts, row: Row) -> RowSeen:

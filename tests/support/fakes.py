@@ -1,0 +1,99 @@
+"""Fakes at the seams vocwatch owns: the Clock, the Uploader Protocol, the effect listener."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from vocwatch.core.model import Accepted, Outcome
+from vocwatch.edges.effects import Effect, point
+
+
+class FakeClock:
+    """Time moves only when a test says so."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Crash(BaseException):
+    """The process died here. A BaseException, so that no ``except Exception`` in vocwatch survives it."""
+
+
+@dataclass
+class CrashAt:
+    """Lets ``k`` effects happen, then dies before the next one. ``k = None``: never; counts them."""
+
+    k: int | None = None
+    count: int = 0
+    seen: list[tuple[Effect, str]] = field(default_factory=list)
+
+    def before(self, effect: Effect, target: str) -> None:
+        if self.k is not None and self.count >= self.k:
+            raise Crash(f"crash before effect {self.count}: {effect} {target}")
+        self.count += 1
+        self.seen.append((effect, target))
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    filename: str
+    metadata: dict[str, object]
+    sha256: str
+    size: int
+    idempotency_key: str
+    job_id: str | None  # None: the server took it but the reply never arrived (or was an error)
+
+
+Reply = Callable[[int], Outcome | None]  # attempt number -> outcome (None: accept)
+
+
+class MemoryUploader:
+    """The Uploader Protocol in memory: reads the whole body, as a server would, and answers by script."""
+
+    def __init__(self, reply: Callable[[str], Outcome | None] | None = None) -> None:
+        self._reply = reply or (lambda name: None)
+        self._lock = threading.Lock()
+        self.received: list[Received] = []
+        self.jobs = 0
+
+    def upload(
+        self, audio: IO[bytes], *, filename: str, content_type: str, metadata: str, idempotency_key: str
+    ) -> Outcome:
+        point(Effect.SEND, filename)
+        audio.seek(0)
+        body = audio.read()
+        scripted = self._reply(filename)
+        with self._lock:
+            job = None
+            if scripted is None:
+                self.jobs += 1
+                job = f"job-{self.jobs}"
+            self.received.append(
+                Received(
+                    filename, json.loads(metadata), hashlib.sha256(body).hexdigest(), len(body), idempotency_key, job
+                )
+            )
+        point(Effect.REPLY, filename)
+        return Accepted(job) if job is not None else scripted  # type: ignore[return-value]
+
+
+class NullRecorder:
+    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
+        pass
+
+    def retried(self, reason: str) -> None:
+        pass
