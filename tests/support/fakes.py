@@ -97,3 +97,45 @@ class NullRecorder:
 
     def retried(self, reason: str) -> None:
         pass
+
+
+class EventLog:
+    """A structlog-shaped logger that keeps every event and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+        self._cond = threading.Condition()
+
+    def bind(self, **_: object) -> EventLog:
+        return self
+
+    def _log(self, event: str, **fields: object) -> None:
+        with self._cond:
+            self.events.append((event, fields))
+            self._cond.notify_all()
+
+    debug = info = warning = error = exception = _log
+
+    def wait_for(self, event: str, timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: any(e == event for e, _ in self.events), timeout=timeout)
+
+
+@dataclass
+class FailAt:
+    """Raises ``error`` (an OSError: a full disk, say) before the first effect whose target matches."""
+
+    effect: Effect
+    suffix: str
+    error: OSError
+    fired: bool = False
+    then: Callable[[], None] | None = None  # instead of raising: do this (a producer's write, say)
+
+    def before(self, effect: Effect, target: str) -> None:
+        if self.fired or effect != self.effect or not target.endswith(self.suffix):
+            return
+        self.fired = True
+        if self.then is not None:
+            self.then()
+            return
+        raise self.error

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import structlog
 
@@ -57,6 +58,7 @@ class World:
     done_stage: Stage = Stage.DONE
     require_sidecar: bool = True
     process: Process | None = None
+    log: Any = QUIET
 
     @property
     def inbox(self) -> Path:
@@ -92,7 +94,7 @@ class World:
             clock=self.clock,
             options=options,
             recorder=NullRecorder(),
-            log=QUIET,
+            log=self.log,
         )
         self.process = Process(folders, ledger, pipeline)
         recover(self.process, QUIET)

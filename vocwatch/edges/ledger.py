@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vocwatch.core.model import Clock
-from vocwatch.core.states import DURABLE, FINAL, Row, State, allowed
+from vocwatch.core.states import DURABLE, FINAL, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
 
 __all__ = ["Ledger", "Row", "StaleRowError"]
@@ -281,6 +281,8 @@ class Ledger:
         now = self._clock.time()
         if state in FINAL or state == State.RELEASED:
             fields = {**fields, "holder": None}
+        elif state in OPEN:
+            fields = {**fields, "holder": self.holder}  # whoever moves an open row holds it
         with self._write(durable=state in DURABLE):
             self._cas(row, now, {**fields, "state": state}, attempts=state == State.UPLOADING)
             detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")

@@ -1,0 +1,180 @@
+"""The pure decisions, as tables: every (row state, observation) pair and the step it leads to."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from vocwatch.core.journey import (
+    Busy,
+    Conflict,
+    DropCopies,
+    Duplicate,
+    FinishMove,
+    LoneSeen,
+    OnConflict,
+    ReturnToInbox,
+    RowSeen,
+    RowStep,
+    Seen,
+    Upload,
+    decide,
+    decide_lone,
+    decide_row,
+)
+from vocwatch.core.states import FINAL, TRANSITIONS, JobState, Row, Stage, State, allowed, sources
+
+ME, OTHER, GONE = "host-1", "host-1-upload", "host-2"
+SHA, OTHER_SHA = "a" * 64, "b" * 64
+
+
+def row(state: State, *, sha: str = SHA, file: str = "call.wav", holder: str | None = ME, rid: int = 1, **kw) -> Row:
+    base = Row(
+        id=rid,
+        recording_id="rec-1",
+        sha256=sha,
+        file=file,
+        size=10,
+        state=state,
+        job_id="job-1" if state in (State.ACCEPTED, State.UPLOADED, State.DONE) else None,
+        job_status=None,
+        job_finished_at=None,
+        job_error=None,
+        next_poll_at=None,
+        poll_interval=None,
+        attempts=0,
+        last_error=None,
+        duplicate_of=None,
+        destination="/spool/done/call.wav" if state != State.CLAIMED else None,
+        unknown_since=None,
+        created_at=0.0,
+        updated_at=0.0,
+        holder=holder,
+    )
+    return replace(base, **kw)
+
+
+def seen(*, alive: frozenset[str] = frozenset({OTHER}), linked: frozenset[int] = frozenset()) -> Seen:
+    return Seen("rec-1", SHA, "call.wav", ME, alive, linked)
+
+
+# One row of each kind, alone: (row, observation) -> the step's type.
+SINGLE = [
+    # no row at all: a new recording
+    (None, seen(), Upload),
+    # open rows: mine or a dead process's are taken over; a live other's means wait
+    (row(State.CLAIMED), seen(), Upload),
+    (row(State.UPLOADING), seen(), Upload),
+    (row(State.CLAIMED, holder=OTHER), seen(), Busy),
+    (row(State.UPLOADING, holder=OTHER), seen(), Busy),
+    (row(State.UPLOADING, holder=GONE), seen(), Upload),
+    (row(State.CLAIMED, holder=None), seen(), Upload),
+    (row(State.CLAIMED, sha=OTHER_SHA, holder=OTHER), seen(), Upload),  # other content: not this one's holder
+    # released: reused when it comes back
+    (row(State.RELEASED, holder=None), seen(), Upload),
+    # accepted: a crash fell between the job id and the move
+    (row(State.ACCEPTED), seen(), FinishMove),
+    (row(State.ACCEPTED, holder=GONE), seen(), FinishMove),
+    (row(State.ACCEPTED, holder=OTHER), seen(), Duplicate),  # another live process is moving its own copy
+    (row(State.ACCEPTED, file="other.wav"), seen(), Duplicate),
+    (row(State.ACCEPTED, sha=OTHER_SHA), seen(), Conflict),
+    # uploaded and done: the same content is a duplicate, other content a conflict
+    (row(State.UPLOADED), seen(), Duplicate),
+    (row(State.DONE), seen(), Duplicate),
+    (row(State.DONE, sha=OTHER_SHA), seen(), Conflict),
+    (row(State.UPLOADED, sha=OTHER_SHA), seen(), Conflict),
+    # these very files are at the row's destination: a lost unlink
+    (row(State.DONE), seen(linked=frozenset({1})), DropCopies),
+    (row(State.UPLOADED), seen(linked=frozenset({1})), DropCopies),
+    # failed and duplicate rows never stop a new attempt
+    (row(State.FAILED, holder=None), seen(), Upload),
+    (row(State.DUPLICATE, holder=None), seen(), Upload),
+]
+
+
+@pytest.mark.parametrize(("existing", "observed", "step"), SINGLE)
+def test_decide_for_each_row_state(existing: Row | None, observed: Seen, step: type) -> None:
+    assert type(decide([] if existing is None else [existing], observed)) is step
+
+
+def test_every_state_is_in_the_single_row_table() -> None:
+    assert {r.state for r, _, _ in SINGLE if r is not None} == set(State)
+
+
+def test_a_conflict_uploads_anyway_when_told_to() -> None:
+    assert type(decide([row(State.DONE, sha=OTHER_SHA)], seen(), OnConflict.UPLOAD)) is Upload
+
+
+def test_an_open_row_is_taken_over_rather_than_a_new_one_made() -> None:
+    mine = row(State.UPLOADING, rid=7, holder=GONE)
+    step = decide([row(State.FAILED, holder=None, rid=3), mine], seen())
+    assert step == Upload(mine)
+
+
+def test_a_released_row_of_the_same_file_comes_back_with_new_content() -> None:
+    back = row(State.RELEASED, sha=OTHER_SHA, holder=None, rid=4)
+    assert decide([back], seen()) == Upload(back)
+
+
+def test_busy_wins_over_a_conflict_with_an_older_job() -> None:
+    rows = [row(State.DONE, sha=OTHER_SHA, rid=1), row(State.UPLOADING, holder=OTHER, rid=2)]
+    assert type(decide(rows, seen())) is Busy
+
+
+LONE = [
+    ([], frozenset(), ReturnToInbox),
+    ([row(State.ACCEPTED)], frozenset(), FinishMove),
+    ([row(State.ACCEPTED, holder=OTHER)], frozenset(), Busy),
+    ([row(State.ACCEPTED, sha=OTHER_SHA)], frozenset(), ReturnToInbox),
+    ([row(State.DONE)], frozenset({1}), DropCopies),
+    ([row(State.DONE)], frozenset(), ReturnToInbox),
+    ([row(State.UPLOADED)], frozenset({1}), DropCopies),
+    ([row(State.FAILED, holder=None)], frozenset(), ReturnToInbox),
+]
+
+
+@pytest.mark.parametrize(("rows", "linked", "step"), LONE)
+def test_decide_for_a_lone_recording_in_work(rows: list[Row], linked: frozenset[int], step: type) -> None:
+    observed = LoneSeen("call.wav", SHA, ME, frozenset({OTHER}), linked)
+    assert type(decide_lone(rows, observed)) is step
+
+
+ROWS = [
+    # (state, job status, in work/, destination stage, mine) -> step
+    (State.ACCEPTED, None, True, None, True, RowStep.KEEP),
+    (State.ACCEPTED, None, False, Stage.DONE, True, RowStep.MARK_DONE),
+    (State.ACCEPTED, None, False, None, True, RowStep.MARK_DONE),  # moved away by hand: it still arrived
+    (State.ACCEPTED, None, False, Stage.UPLOADED, True, RowStep.MARK_UPLOADED),
+    (State.ACCEPTED, None, False, Stage.DONE, False, RowStep.KEEP),
+    (State.UPLOADED, None, False, Stage.UPLOADED, True, RowStep.KEEP),
+    (State.UPLOADED, JobState.STARTED, False, Stage.UPLOADED, True, RowStep.KEEP),
+    (State.UPLOADED, JobState.COMPLETED, False, Stage.UPLOADED, True, RowStep.SETTLE_DONE),
+    (State.UPLOADED, JobState.FAILED, False, Stage.UPLOADED, True, RowStep.SETTLE_FAILED),
+    (State.UPLOADED, JobState.UNKNOWN, False, Stage.UPLOADED, True, RowStep.SETTLE_FAILED),
+    (State.UPLOADED, JobState.COMPLETED, False, None, True, RowStep.SETTLE_DONE),
+    (State.DONE, JobState.COMPLETED, False, Stage.DONE, True, RowStep.KEEP),
+    (State.CLAIMED, None, True, None, True, RowStep.KEEP),
+    (State.FAILED, None, False, Stage.FAILED, True, RowStep.KEEP),
+]
+
+
+@pytest.mark.parametrize(("state", "job", "in_work", "where", "mine", "step"), ROWS)
+def test_decide_row_after_a_restart(
+    state: State, job: JobState | None, in_work: bool, where: Stage | None, mine: bool, step: RowStep
+) -> None:
+    subject = row(state, job_status=job, destination="/spool/x/call.wav")
+    assert decide_row(subject, RowSeen(in_work=in_work, destination=where, mine=mine)) == step
+
+
+@pytest.mark.parametrize(("before", "after"), list(itertools.product([None, *State], State)))
+def test_the_transition_table_is_the_only_way(before: State | None, after: State) -> None:
+    expected = after in TRANSITIONS[before]
+    assert allowed(before, after) is expected
+    if before is not None:
+        assert (before in sources(after)) is expected
+
+
+def test_final_states_lead_nowhere() -> None:
+    assert all(not TRANSITIONS[s] for s in FINAL)
