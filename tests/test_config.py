@@ -59,3 +59,18 @@ def test_bad_values_name_their_key(tmp_path: Path, toml: str, fragment: str) -> 
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert any(fragment in p and str(config) in p for p in caught.value.problems), caught.value.problems
+
+
+def test_done_after_completed_without_the_poller_is_refused(tmp_path: Path) -> None:
+    """Nothing would ever learn that the job completed: every pair would wait in uploaded/ forever."""
+    from vocwatch.runtime.daemon import check_layout
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[folders]\ninbox = "{tmp_path}/in"\ndone = "{tmp_path}/done"\nfailed = "{tmp_path}/failed"\n'
+        f'work = "{tmp_path}/work"\nuploaded = "{tmp_path}/up"\ndone_after = "completed"\n'
+        f'[ledger]\npath = "{tmp_path}/l.sqlite3"\n[status]\npoll = false\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_layout(load_settings(config))
+    assert any("status.poll = true" in p for p in caught.value.problems), caught.value.problems

@@ -81,6 +81,11 @@ def check_layout(settings: Settings) -> None:
             f"folders: inbox, work, done, failed and uploaded must share one filesystem so that moves "
             f"are atomic renames, but they span {len(devices)} ({groups}); put them under one parent folder"
         )
+    if f.done_after == "completed" and not settings.status.poll:
+        problems.append(
+            'folders.done_after = "completed" waits for each job to complete, which only the status poller '
+            'learns: set status.poll = true, or folders.done_after = "accepted"'
+        )
     if problems:
         raise ConfigError(problems)
 
