@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-import structlog
 from tqdm import tqdm
 
 from vocwatch.cli.common import EX_NOPERM, EX_TEMPFAIL, settings_from
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import Entry, Expired, Rules, is_ignored, plan
 from vocwatch.edges.config import Settings
-from vocwatch.edges.folders import Claimed
+from vocwatch.runtime.backfill import Backfill, Summary
 from vocwatch.runtime.daemon import build, check_layout, require_key
-from vocwatch.runtime.pipeline import error_document
 
 
 def main(args: argparse.Namespace) -> int:
-    """The daemon's pipeline once over the given files and folders; 0 only if all succeeded."""
+    """The daemon's pipeline once over the given files and folders; 0 only if all succeeded.
+
+    SIGINT or SIGTERM drains it like the daemon and exits 128 + the signal (130, 143); a second one stops at once.
+    """
     settings = settings_from(args)
     check_layout(settings)
     require_key(settings)
-    log = structlog.get_logger("vocwatch.upload")
     # Its own work folder: the daemon may be running on the same config and must not see these claims.
     parts = build(settings, instance=f"{settings.instance}-upload")
     parts.folders.ensure()
@@ -36,66 +36,52 @@ def main(args: argparse.Namespace) -> int:
         )
         parts.close()
         return EX_TEMPFAIL
-    outcomes: dict[str, str] = {}
-    done = threading.Condition()
-
-    def finished(claimed: Claimed, state: str) -> None:
-        with done:
-            outcomes[str(claimed.audio)] = state
-            done.notify_all()
-
-    parts.pool.on_done = finished
-    batches = list(_batches(args.paths, settings))
     missing = [p for p in args.paths if not os.path.lexists(p)]
     for path in missing:
         print(f"vocwatch: {path}: no such file or folder", file=sys.stderr)
-    total = sum(len(ready) + len(expired) for _, ready, expired in batches)
+    batches = list(_batches(args.paths, settings))
     # tqdm's own disable: no bar off a terminal (journald, cron) or with --no-progress.
     bar = tqdm(
-        total=total, unit="rec", desc="uploading", file=sys.stderr, disable=not sys.stderr.isatty() or args.no_progress
+        total=sum(len(ready) + len(expired) for _, ready, expired in batches),
+        unit="rec",
+        desc="uploading",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty() or args.no_progress,
     )
-    parts.pool.start()
-    failed = 0
-    auth_stop = False
-    for origin, ready, expired in batches:
-        for gone in expired:
-            error = error_document(gone.files[0].name, None, gone.files[0].stem, gone.problem, parts.clock)
-            parts.folders.fail_in_place(origin, gone.files, error)
-            log.warning("upload.failed", file=str(gone.files[0]), reason=gone.problem.code)
-            failed += 1
-            bar.update(1)
-        for pair in ready:
-            claimed = parts.folders.claim(pair, origin)
-            if claimed is None:
-                failed += 1
-                continue
-            while not parts.pool.offer(claimed):
-                with done:
-                    done.wait(timeout=0.5)
-                if parts.gate.state().auth_paused:
-                    auth_stop = True
-                    break
-            if auth_stop:
-                parts.folders.release(claimed)
-                break
-            with done:
-                bar.update(len(outcomes) + failed - bar.n)
-        if auth_stop:
-            break
-    while not parts.pool.wait_idle(timeout=0.5):
-        with done:
-            bar.update(len(outcomes) + failed - bar.n)
-        if parts.gate.state().auth_paused:
-            auth_stop = True
-            break
-    parts.pool.stop(grace_s=settings.upload.shutdown_grace_seconds if auth_stop else 0)
-    bar.update(len(outcomes) + failed - bar.n)
+    backfill = Backfill(
+        parts, require_sidecar=settings.watch.require_sidecar, on_progress=lambda n: bar.update(n - bar.n)
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        backfill.stop(signum)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = backfill.run(batches)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    bar.total = summary.total
     bar.close()
-    parts.close()
-    good = sum(1 for s in outcomes.values() if s in ("accepted", "duplicate", "done"))
-    bad = total - good
+    return _report(summary, missing)
+
+
+def _report(summary: Summary, missing: list[Path]) -> int:
+    """Print one summary line (and what to do); the exit status."""
+    good = summary.good
+    bad = summary.total - good
+    if summary.stopped_by is not None:
+        name = signal.Signals(summary.stopped_by).name
+        print(
+            f"vocwatch upload: interrupted by {name}: {good} uploaded, {bad} not (left where they were, or put "
+            f"back there), {len(summary.left_in_work)} still uploading (left in work/); run the same command "
+            "again to send the rest",
+            file=sys.stderr,
+        )
+        return 128 + summary.stopped_by
     print(f"vocwatch upload: {good} uploaded, {bad} not ({len(missing)} missing paths)", file=sys.stderr)
-    if auth_stop:
+    if summary.auth_stop:
         print(
             "vocwatch: the API refused the key (401/403/404): check the API key, api.tenant_id and "
             "api.base_url; unsent recordings were put back",

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from vocwatch.core.health import Limits, Observations, healthy, upload_limit
 from vocwatch.core.journey import OnConflict
 from vocwatch.core.model import Clock
 from vocwatch.core.pairing import Rules
@@ -32,8 +33,13 @@ from vocwatch.runtime.poller import StatusPoller
 from vocwatch.runtime.pool import Pool
 from vocwatch.runtime.recovery import other_instances as p_others
 from vocwatch.runtime.recovery import recover
+from vocwatch.runtime.supervisor import CallbackService, LoopService, Service, Supervisor
 
 EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
+# A planner or poller loop ticks at least every second; one silent for this long is stalled.
+LOOP_STALL_S = 30.0
+# On top of upload.shutdown_grace_seconds: for the loops to end and the watcher and metrics to stop.
+SHUTDOWN_MARGIN_S = 2.0
 
 
 @dataclass
@@ -204,7 +210,6 @@ class Daemon:
         p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)
         p.stats.live("vocwatch_pending_files", "Files seen in the inbox, not yet claimed", lambda: self.planner.pending)
         p.stats.live("vocwatch_auth_paused", "1 while the API refuses the key", lambda: p.gate.state().auth_paused)
-        self._stop_metrics: Callable[[], None] = lambda: None
         self.watcher = Watcher(
             settings.folders.inbox,
             self.planner.hint,
@@ -212,6 +217,35 @@ class Daemon:
             recursive=watch.recursive,
             poll_interval_s=watch.poll_interval_seconds,
         )
+        api = settings.api
+        self.limits = Limits(
+            loop_s=LOOP_STALL_S,
+            upload_s=upload_limit(api.connect_timeout_seconds, api.read_timeout_seconds, api.read_timeout_seconds),
+        )
+        self.unhealthy: str | None = None  # why the last heartbeat sent no WATCHDOG=1
+        self._planner_loop = LoopService("planner", self.planner.run, self.planner.stop, p.clock)
+        self._poller_loop = LoopService("status-poller", self.poller.run, self.poller.stop, p.clock)
+        self.supervisor = Supervisor(self._services(), p.clock)
+
+    def _services(self) -> list[Service]:
+        """In start order; they stop in reverse: intake first, then the uploads' drain, the poller, metrics."""
+        services: list[Service] = []
+        listen = self.settings.metrics.listen
+        if listen:
+            stop_metrics: list[Callable[[], None]] = []
+
+            def start_metrics() -> None:
+                stop_metrics.append(serve_metrics(self.parts.stats, listen))
+                self.log.info("metrics.listening", listen=listen)
+
+            services.append(CallbackService("metrics", start_metrics, lambda: stop_metrics.pop()()))
+        if self.settings.status.poll:
+            services.append(self._poller_loop)
+        services.append(self.parts.pool)
+        # The watcher before the planner's first scan: nothing dropped in between goes unannounced.
+        services.append(CallbackService("watcher", self.watcher.start, self.watcher.stop))
+        services.append(self._planner_loop)
+        return services
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
@@ -221,6 +255,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> int:
+        """Recover, start every service, send heartbeats until asked to stop, then shut down (exit status)."""
         p = self.parts
         p.folders.ensure()
         if not p.folders.lock():
@@ -233,55 +268,74 @@ class Daemon:
             p.close()
             return EX_TEMPFAIL
         self.recover_ledger()
-        if self.settings.metrics.listen:
-            self._stop_metrics = serve_metrics(p.stats, self.settings.metrics.listen)
-            self.log.info("metrics.listening", listen=self.settings.metrics.listen)
-        p.pool.start()
-        watching = self.watcher.start()
-        planner = threading.Thread(target=self.planner.run, name="planner", daemon=True)
-        planner.start()
-        poller = threading.Thread(target=self.poller.run, name="status-poller", daemon=True)
-        if self.settings.status.poll:
-            poller.start()
+        self.supervisor.start()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
         self.log.info(
             "daemon.ready",
             inbox=str(self.settings.folders.inbox),
             workers=self.settings.upload.workers,
             instance=self.settings.instance,
-            watching=watching,
+            watching=self.watcher.healthy(),
             version=_version(),
         )
         tick = min(1.0, watchdog_interval() or 1.0)
         while not self.stop_requested.wait(tick):
-            watching = self.watcher.heal()
-            # The watchdog is for a stuck daemon, which a restart fixes. A lost inbox (a share that
-            # dropped) is not: a restart cannot bring it back, so it shows in STATUS and the logs instead,
-            # while the planner keeps rescanning and the watcher keeps trying.
-            working = planner.is_alive() and p.clock.monotonic() - self.planner.last_progress < 30
-            if self.settings.status.poll:
-                working = working and poller.is_alive()
-            status = self.status_line() if watching else "unhealthy: " + self.status_line()
-            self.notifier.notify(("WATCHDOG=1\n" if working else "") + "STATUS=" + status)
-        return self.shutdown(planner, poller)
+            self.notifier.notify(self.heartbeat())
+        return self.shutdown()
 
-    def shutdown(self, planner: threading.Thread, poller: threading.Thread) -> int:
+    def health(self) -> str | None:
+        """None while every service makes progress (core/health.py); else why not."""
+        p = self.parts
+        workers, queued, moved = p.pool.observe()
+        poll = self.settings.status.poll
+        observed = Observations(
+            planner_alive=self._planner_loop.alive,
+            planner_tick=self.planner.last_progress,
+            poller_alive=self._poller_loop.alive if poll else None,
+            poller_tick=self.poller.last_progress,
+            workers=workers,
+            queued=queued,
+            queue_moved=moved,
+        )
+        return healthy(observed, p.clock.monotonic(), self.limits)
+
+    def heartbeat(self) -> str:
+        """One sd_notify message: WATCHDOG=1 only if every service makes progress, and STATUS."""
+        watching = self.watcher.heal()
+        # The watchdog is for a stuck daemon, which a restart fixes. A lost inbox (a share that
+        # dropped) is not: a restart cannot bring it back, so it shows in STATUS and the logs instead,
+        # while the planner keeps rescanning and the watcher keeps trying.
+        stall = self.health()
+        if stall != self.unhealthy:
+            if stall is None:
+                self.log.info("daemon.healthy", was=self.unhealthy)
+            else:
+                self.log.error("daemon.stalled", problem=stall, fix="systemd's watchdog restarts vocwatch if it lasts")
+            self.unhealthy = stall
+        status = self.status_line()
+        if stall is not None:
+            status = f"unhealthy: {stall}; {status}"
+        elif not watching:
+            status = "unhealthy: " + status
+        return ("WATCHDOG=1\n" if stall is None else "") + "STATUS=" + status
+
+    def shutdown(self) -> int:
+        """Stop the services in reverse order against one deadline; close resources only if no thread outlived it."""
         grace = self.settings.upload.shutdown_grace_seconds
         self.notifier.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((grace + 10) * 1e6)}")
         self.log.info("daemon.stopping", in_flight=self.parts.pool.busy, grace_s=grace)
-        self.watcher.stop()
-        self.planner.stop()
-        planner.join(timeout=10)
-        self.poller.stop()
-        abandoned = self.parts.pool.stop(grace)
-        if poller.is_alive():
-            poller.join(timeout=10)
-        if abandoned:
+        alive = self.supervisor.stop(self.parts.clock.monotonic() + grace + SHUTDOWN_MARGIN_S)
+        if alive:
+            # Closing the ledger or the HTTP client under a live thread would fail its upload midway.
             self.log.warning(
-                "daemon.abandoned", uploads=abandoned, note="left in work/ as 'uploading'; sent again at the next start"
+                "daemon.abandoned",
+                services=alive,
+                uploads=self.parts.pool.in_flight(),
+                note="still running after the shutdown grace; ledger and HTTP client left open until exit. "
+                "Their pairs stay in work/ and are sent again at the next start with the same Idempotency-Key",
             )
-        self._stop_metrics()
-        self.parts.close()
+        else:
+            self.parts.close()
         self.log.info("daemon.stopped", **self.parts.stats.snapshot())
         return 0
 

@@ -1,20 +1,40 @@
-"""The bounded worker pool: ``workers`` uploads at once, a bounded queue in front of them."""
+"""The bounded worker pool: ``workers`` uploads at once, a bounded queue in front of them.
+
+Each worker reports what it does (idle, working, waiting on the gate, sending) and since when, so the
+watchdog can tell a slow upload whose bytes still move from a stuck one (core/health.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from vocwatch.core.health import Worker, WorkerState
 from vocwatch.core.model import AuthProblem, Clock, Retry
 from vocwatch.edges.folders import Claimed
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
 
 _STOP = object()
+
+
+@dataclass(slots=True)
+class _Activity:
+    """What one worker does now; guarded by the pool's lock."""
+
+    state: WorkerState
+    since: float
+    file: str | None = None
+    recording_id: str | None = None
+    fd: int | None = None  # a dup of the file being sent: it shares the offset httpx reads at
+    offset: int = 0
 
 
 class Pool:
@@ -30,15 +50,24 @@ class Pool:
         on_idle: Callable[[], None] = lambda: None,
         on_done: Callable[[Claimed, str], None] = lambda c, s: None,
     ) -> None:
+        self.name = "pool"
         self._pipeline = pipeline
         self._gate = gate
         self._clock = clock
         self._give_up = give_up_after_s
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        # Unbounded underneath, bounded by offer(): cancel() must never wait for room to post its stops.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._capacity = capacity
         self.on_idle = on_idle
         self.on_done = on_done
-        self._threads = [threading.Thread(target=self._work, name=f"upload-{i}", daemon=True) for i in range(workers)]
+        # Joined by join(); daemon threads only so that one abandoned past the shutdown deadline (a stuck
+        # upload) cannot hold the process after it said daemon.stopped.
+        self._threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"upload-{i}", daemon=True) for i in range(workers)
+        ]
         self._lock = threading.Lock()
+        self._activity = [_Activity("idle", clock.monotonic()) for _ in range(workers)]
+        self._queue_moved = clock.monotonic()
         self._in_flight: set[str] = set()  # every path of every pair queued or being worked on
         self._count = 0
         self._stopping = threading.Event()
@@ -58,15 +87,17 @@ class Pool:
         with self._lock:
             self._in_flight.update(paths)
             self._count += 1
-        try:
-            self._queue.put_nowait(claimed)
-        except queue.Full:
+        if self._queue.qsize() >= self._capacity:
             self._forget(claimed)
             return False
+        self._queue.put_nowait(claimed)
+        if self._queue.qsize() == 1:  # the queue was empty: it starts waiting for a worker now
+            with self._lock:
+                self._queue_moved = self._clock.monotonic()
         return True
 
     def has_room(self) -> bool:
-        return not self._stopping.is_set() and not self._queue.full()
+        return not self._stopping.is_set() and self._queue.qsize() < self._capacity
 
     def owns(self, claimed: Claimed) -> bool:
         with self._lock:
@@ -85,13 +116,48 @@ class Pool:
         with self._idle:
             return self._idle.wait_for(lambda: self._count == 0, timeout=timeout)
 
-    def stop(self, grace_s: float) -> int:
-        """Stop taking work, put queued pairs back, let uploads in flight finish for ``grace_s``.
+    def observe(self) -> tuple[tuple[Worker, ...], int, float]:
+        """Each worker's state (a sending one's ``since`` moves with its bytes), queue depth, queue moved."""
+        now = self._clock.monotonic()
+        with self._lock:
+            for act in self._activity:
+                if act.fd is not None:
+                    with contextlib.suppress(OSError):
+                        offset = os.lseek(act.fd, 0, os.SEEK_CUR)
+                        if offset != act.offset:
+                            act.offset, act.since = offset, now
+            workers = tuple(
+                Worker(thread.is_alive(), act.state, act.since, act.file)
+                for thread, act in zip(self._threads, self._activity, strict=True)
+            )
+            return workers, self._queue.qsize(), self._queue_moved
 
-        Returns how many uploads were still in flight when the grace ran out.
+    def in_flight(self) -> list[dict[str, str | None]]:
+        """The pairs workers hold right now: file, recording id (once known) and what the worker does."""
+        with self._lock:
+            return [
+                {"file": a.file, "recording_id": a.recording_id, "state": a.state}
+                for a in self._activity
+                if a.state != "idle"
+            ]
+
+    def stop(self, grace_s: float) -> int:
+        """cancel(), then join() for ``grace_s``; returns how many workers were still busy at its end."""
+        self.cancel()
+        self.join(self._clock.monotonic() + grace_s)
+        return self.alive
+
+    def cancel(self) -> int:
+        """Stop taking work, put queued pairs back where they came from (how many); never waits on a worker.
+
+        A worker finishes the attempt it is in; one that has not started sending releases its pair.
         """
+        if self._stopping.is_set():
+            return 0
+        put_back = 0
         self._stopping.set()
         self._gate.stop()
+        self._pipeline.stop()  # a worker waiting for another process's recording stops waiting
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -100,11 +166,20 @@ class Pool:
             if item is not _STOP:
                 self._pipeline.folders.release(item)
                 self._forget(item)
+                put_back += 1
         for _ in self._threads:
-            self._queue.put(_STOP)
-        deadline = self._clock.monotonic() + grace_s
+            self._queue.put_nowait(_STOP)
+        return put_back
+
+    def join(self, deadline: float) -> bool:
+        """Wait until every worker has ended or ``deadline`` (clock.monotonic) passed; True if all ended."""
         for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - self._clock.monotonic()))
+            if thread.ident is not None:
+                thread.join(timeout=max(0.0, deadline - self._clock.monotonic()))
+        return self.alive == 0
+
+    @property
+    def alive(self) -> int:
         return sum(thread.is_alive() for thread in self._threads)
 
     def _forget(self, claimed: Claimed) -> None:
@@ -114,14 +189,34 @@ class Pool:
             if self._count == 0:
                 self._idle.notify_all()
 
-    def _work(self) -> None:
+    def _mark(self, i: int, state: WorkerState, prepared: Prepared | None = None) -> None:
+        with self._lock:
+            act = self._activity[i]
+            if act.fd is not None:
+                os.close(act.fd)
+                act.fd = None
+            act.state, act.since = state, self._clock.monotonic()
+            if state == "idle":
+                act.file = act.recording_id = None
+            if prepared is not None:
+                act.recording_id = prepared.row.recording_id
+                if state == "sending":
+                    act.fd = os.dup(prepared.fh.fileno())
+                    act.offset = os.lseek(act.fd, 0, os.SEEK_CUR)
+
+    def _work(self, i: int) -> None:
         while True:
+            self._mark(i, "idle")
             item = self._queue.get()
             if item is _STOP:
                 return
+            with self._lock:
+                self._queue_moved = self._clock.monotonic()
+                self._activity[i].file = str(item.pair.audio)
+            self._mark(i, "working")
             state = "error"
             try:
-                state = self._journey(item)
+                state = self._journey(i, item)
             except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
                 self._log.error(
                     "files.move_failed",
@@ -136,26 +231,31 @@ class Pool:
                 self.on_done(item, state)
                 self.on_idle()
 
-    def _journey(self, claimed: Claimed) -> str:
+    def _journey(self, i: int, claimed: Claimed) -> str:
         prepared = self._pipeline.prepare(claimed)
         if not isinstance(prepared, Prepared):
             return prepared
         try:
-            return self._attempts(prepared)
+            return self._attempts(i, prepared)
         finally:
+            self._mark(i, "working")
             self._pipeline.done_with(prepared)
 
-    def _attempts(self, prepared: Prepared) -> str:
+    def _attempts(self, i: int, prepared: Prepared) -> str:
         first_failure: float | None = None
         while True:
+            self._mark(i, "waiting", prepared)
             if self._stopping.is_set() or not self._gate.acquire():
+                self._mark(i, "working")
                 self._pipeline.release(prepared, "shutting down")
                 return "released"
+            self._mark(i, "sending", prepared)
             try:
                 outcome = self._pipeline.attempt(prepared)
             except BaseException:
                 self._gate.release()  # a probe that raised must not keep every other worker waiting
                 raise
+            self._mark(i, "working")
             newly_paused = self._gate.report(outcome)
             if isinstance(outcome, AuthProblem):
                 if newly_paused:
