@@ -15,7 +15,8 @@ REASONS: dict[str, str] = {
     "invalid_name": "The file or folder name is not valid UTF-8, so it can be neither sent nor recorded. "
     "Rename it (e.g. convmv -f latin1 -t utf8 NAME) and drop it again.",
     "sidecar_not_json": "The sidecar is not valid UTF-8 JSON (a BOM is fine; NaN, Infinity, numbers too large "
-    "to be finite such as 1e400, lone \\ud800 escapes and absurd nesting are not). Fix the JSON and drop the pair again.",
+    "to be finite such as 1e400, lone \\ud800 escapes and absurd nesting are not). Fix the JSON and drop the "
+    "pair again.",
     "sidecar_not_object": "The sidecar's JSON is not an object ({...}).",
     "sidecar_too_large": "The sidecar exceeds 64 KiB. Trim the metadata.",
     "missing_id": 'The sidecar has no string "id". Add the recording\'s id.',
