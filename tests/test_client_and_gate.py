@@ -9,7 +9,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from vocwatch.client import classify_upload, retry_after
+from vocwatch.client import RETRY_AFTER_MAX_S, classify_upload, retry_after
 from vocwatch.gate import Gate, full_jitter
 from vocwatch.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
 
@@ -62,6 +62,54 @@ def test_404_and_redirects_are_configuration_problems_not_rejections() -> None:
 )
 def test_retry_after_seconds(value, expected) -> None:
     assert retry_after(value) == expected
+
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+def _http_date(offset_s: float) -> str:
+    return format_datetime(datetime.fromtimestamp(NOW + offset_s, UTC), usegmt=True)
+
+
+RETRY_AFTER_TABLE: list[tuple[str, str | None, float | None]] = [
+    ("seconds", "120", 120.0),
+    ("zero", "0", 0.0),
+    ("padded", "  7 ", 7.0),
+    ("leading_zeros", "007", 7.0),
+    ("superscript_two", "\u00b2", None),
+    ("arabic_indic_digits", "\u0661\u0662", None),
+    ("fullwidth_digits", "\uff11\uff12", None),
+    ("fraction", "1.5", None),
+    ("negative", "-1", None),
+    ("plus_sign", "+5", None),
+    ("empty", "", None),
+    ("blank", "   ", None),
+    ("absent", None, None),
+    ("garbage", "soon, maybe", None),
+    ("digits_then_garbage", "12abc", None),
+    ("huge_digits", "9" * 400, RETRY_AFTER_MAX_S),
+    ("huge_digits_past_float", "1" + "0" * 5000, RETRY_AFTER_MAX_S),
+    ("http_date_in_the_future", _http_date(90), 90.0),
+    ("http_date_in_the_past", _http_date(-90), 0.0),
+    ("http_date_far_future", "Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_MAX_S),
+    ("http_date_garbage", "Mon, 99 Foo 2026 99:99:99 GMT", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [c[1:] for c in RETRY_AFTER_TABLE], ids=[c[0] for c in RETRY_AFTER_TABLE]
+)
+def test_retry_after_is_only_ascii_digits_or_an_http_date_and_never_raises(
+    value: str | None, expected: float | None
+) -> None:
+    assert retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "1" + "0" * 5000, "1.5"])
+def test_an_odd_retry_after_still_counts_as_a_retry_for_the_breaker(value: str) -> None:
+    # As the bytes a server sends: httpx decodes a header that is not ASCII as UTF-8.
+    outcome = classify_upload(httpx.Response(503, json={"message": "down"}, headers=[(b"Retry-After", value.encode())]))
+    assert isinstance(outcome, Retry) and outcome.reason == "HTTP 503 down"
 
 
 def test_retry_after_http_date_counts_from_now() -> None:
@@ -133,3 +181,4 @@ def test_stop_releases_waiting_workers() -> None:
     gate.stop()
     waiter.join(timeout=5)
     assert results == [False]
+
