@@ -182,3 +182,31 @@ def test_stop_releases_waiting_workers() -> None:
     waiter.join(timeout=5)
     assert results == [False]
 
+
+@pytest.mark.parametrize("failures", [1_024, 1_025, 1_026, 5_000, 10**9])
+def test_full_jitter_never_overflows_however_many_failures(failures: int) -> None:
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 1.0) == 300.0
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 0.0) == 0.0
+
+
+def test_backoff_survives_five_thousand_consecutive_failures_with_one_prober() -> None:
+    clock = FakeClock()
+    draws = iter([0.0, 1.0, 0.5, 0.999] * 1250)
+    gate = Gate(clock, initial_backoff=1.0, max_backoff=60.0, auth_probe=30.0, rand=lambda: next(draws))
+    for n in range(1, 5_001):
+        assert gate.acquire()  # this thread is the one prober once the wait has run out
+        assert gate.report(Retry("HTTP 503 down")) is False
+        state = gate.state()
+        assert state.open and state.failures == n
+        assert 0.0 <= state.reopens_in <= 60.0
+        clock.now += state.reopens_in
+    # Still a breaker: exactly one worker probes, the rest wait for its result.
+    second: list[bool] = []
+    assert gate.acquire()
+    waiter = threading.Thread(target=lambda: second.append(gate.acquire()))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive() and second == []
+    gate.report(Accepted("job"))
+    waiter.join(timeout=5)
+    assert second == [True] and not gate.state().open

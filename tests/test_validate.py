@@ -106,7 +106,6 @@ def test_sidecar_rules(raw: bytes, reason: str | None) -> None:
         metadata_json(parsed).encode("utf-8")  # whatever is accepted can be sent
 
 
-
 NUMBER_TABLE: list[tuple[str, bytes, str | None]] = [
     ("overflows_to_infinity", b"1e400", "sidecar_not_json"),
     ("overflows_to_minus_infinity", b"-1e400", "sidecar_not_json"),
@@ -129,6 +128,7 @@ def test_a_number_that_is_not_finite_once_parsed_is_refused_as_not_json(number: 
     if not isinstance(parsed, Problem):
         # What is accepted is sent as JSON that a strict parser (no NaN, no Infinity) reads back.
         json.loads(metadata_json(parsed), parse_constant=lambda name: pytest.fail(f"sent {name}"))
+
 
 # -- properties of the metadata rules ----------------------------------------------------
 
