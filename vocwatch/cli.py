@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vocwatch import __version__
 from vocwatch.config import EX_CONFIG, ConfigError, Settings, load_settings
+from vocwatch.ledger import LedgerError
 from vocwatch.logs import configure
 
 EX_USAGE = 64
@@ -118,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"vocwatch: config error: {problem}", file=sys.stderr)
         return EX_CONFIG
+    except LedgerError as exc:
+        # Not a restart's to fix (the unit's RestartPreventExitStatus=78): an operator must act on the file.
+        print(f"vocwatch: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
     except KeyboardInterrupt:
         return 130
 
