@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Spool, drop, running, start_daemon, wait_for
+from ingest_support import folder_chain
 
 from vocwatch.config import load_settings
 from vocwatch.ledger import Ledger
@@ -201,3 +202,17 @@ def test_an_unusable_ledger_exits_78_with_one_line_naming_it_and_no_traceback(
     assert len(lines) == 1 and str(ledger) in lines[0], lines
     fix = {"garbage": "restore it from a backup", "directory": "is a directory", "unreadable": "chmod"}[how]
     assert fix in lines[0]
+
+
+def test_upload_of_a_folder_holding_a_thousand_deep_chain_takes_its_pairs_without_recursing(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    make_settings()
+    backlog = tmp_path / "old-recordings"
+    drop(backlog, "top.wav", "deep-top")
+    with folder_chain(backlog, 1000) as chain:
+        drop(chain[9], "tenth.wav", "deep-tenth")
+        done = vocwatch("upload", "--config", str(tmp_path / "config.toml"), str(backlog))
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(r.metadata["id"] for r in sim.state.received) == ["deep-tenth", "deep-top"]

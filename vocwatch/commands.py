@@ -17,7 +17,7 @@ from tqdm import tqdm
 from vocwatch.cli import EX_NOINPUT, EX_NOPERM, settings_from
 from vocwatch.config import Settings
 from vocwatch.daemon import EX_TEMPFAIL, Daemon, build, check_layout, require_key
-from vocwatch.folders import Claimed
+from vocwatch.folders import Claimed, walk_files
 from vocwatch.ledger import Ledger
 from vocwatch.model import Pair, SystemClock
 from vocwatch.notify import from_environment
@@ -122,7 +122,7 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
     for path in paths:
         if path.is_dir():
             origin = path
-            files = [Path(d, n) for d, _, names in os.walk(path) for n in names]
+            files = [Path(d, n) for d, names in walk_files(path) for n in names]
         elif os.path.lexists(path):
             origin = path.parent
             files = [path, *(s for s in _sidecars_of(path) if s.exists())]

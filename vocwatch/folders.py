@@ -186,7 +186,7 @@ class Folders:
         A lone half (its partner already moved on, or never claimed) should go back to the inbox.
         """
         groups: dict[tuple[str, str], list[PurePosixPath]] = {}
-        for dirpath, _dirs, files in os.walk(self.work):
+        for dirpath, files in walk_files(self.work):
             for name in files:
                 rel = PurePosixPath(Path(dirpath, name).relative_to(self.work).as_posix())
                 groups.setdefault((str(rel.parent), classify(name)[1]), []).append(rel)
@@ -198,6 +198,30 @@ class Folders:
             else:
                 for rel in members:
                     yield Claimed(Pair(rel, None), self.work, self.inbox), False
+
+
+def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, the names of its files) for ``top`` and every folder below it, as os.walk lists them but
+    without recursion (before Python 3.12 os.walk recurses once per level: a deep tree raised RecursionError).
+    Links to folders are not followed."""
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if not is_dir:
+                        files.append(entry.name)
+                    elif not entry.is_symlink():
+                        stack.append(entry.path)
+        except OSError:
+            continue
+        yield folder, files
 
 
 def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:

@@ -21,7 +21,7 @@ import structlog
 
 from vocwatch import pairing
 from vocwatch.folders import Claimed, Folders
-from vocwatch.inbox import Inbox
+from vocwatch.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.model import Clock, Pair
 from vocwatch.pairing import Key, Rules, printable
 from vocwatch.pipeline import error_document
@@ -72,6 +72,7 @@ class Planner:
         self._ready_set: set[Ready] = set()
         self._leftovers: deque[Claimed] = deque()
         self._rescan_requested = False
+        self._scanned: set[str] = set()
         self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
         self._stop = threading.Event()
         self.scans = 0
@@ -116,6 +117,7 @@ class Planner:
             first = self._hints.get(timeout=max(0.0, min(due - self._clock.monotonic(), 1.0)))
         except queue.Empty:
             return
+        self._scanned = set()  # folders scanned for this batch of hints: each at most once
         self._take_hint(first)
         while True:
             try:
@@ -220,6 +222,8 @@ class Planner:
             return
         if rel == "." or inbox.ignored(rel):
             return
+        if rel.count("/") > MAX_DEPTH:  # inside a folder that scans leave out (scan.too_deep)
+            return
         try:
             st = os.lstat(inbox.path(rel))
         except OSError:
@@ -227,9 +231,17 @@ class Planner:
             return
         now = self._clock.monotonic()
         if stat.S_ISDIR(st.st_mode):
-            if self._opts.recursive:  # a new folder: its files may predate our watch on it
-                for sub, sub_st in inbox.walk(rel):
-                    inbox.observe(sub, sub_st, now)
+            # A new folder: its files may predate our watch on it. Only its own level: what is below it comes
+            # with hints of its own (watchdog reports the content of a new or moved-in folder, a poll reports
+            # every new file), so a hint per level of a deep tree must not walk the whole tree below it.
+            if not self._opts.recursive or rel in self._scanned:
+                return
+            if folder_depth(rel) > MAX_DEPTH:
+                inbox.too_deep(rel)
+                return
+            self._scanned.add(rel)
+            for sub, sub_st in inbox.walk(rel, deep=False):
+                inbox.observe(sub, sub_st, now)
             return
         if "/" in rel and not self._opts.recursive:
             return
