@@ -6,6 +6,7 @@ scan (at start and every ``rescan_seconds``) is the truth.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import queue
@@ -24,7 +25,7 @@ from vocwatch.folders import Claimed, Folders
 from vocwatch.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.model import Clock, Pair
 from vocwatch.pairing import Key, Rules, printable
-from vocwatch.pipeline import error_document
+from vocwatch.pipeline import error_document, name_too_long
 from vocwatch.pool import Pool
 from vocwatch.validate import open_for_writing
 
@@ -336,15 +337,24 @@ class Planner:
             for rel in rels:  # gone meanwhile: nothing to fail, and no error file for nothing
                 self._inbox.forget(rel)
             return
-        error = error_document(first.name, None, pairing.classify(first.name)[1], expired.problem, self._clock)
+        stem = pairing.classify(first.name)[1]
+        problem = expired.problem
         try:
-            self._folders.fail_in_place(self._root, expired.files, error)
+            try:
+                self._folders.fail_in_place(
+                    self._root, expired.files, error_document(first.name, None, stem, problem, self._clock)
+                )
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                # Permanent (a retry meets the same path): to the top of failed/, saying where they were.
+                problem = name_too_long(str(first), exc)
+                error = error_document(first.name, None, stem, problem, self._clock, path=printable(str(first)))
+                self._folders.fail_in_place(self._root, expired.files, error, flat=True)
         except OSError as exc:
             self._log.error("files.move_failed", file=printable(str(first)), error=str(exc))
             self._schedule(pairing.group_key(first), self._clock.monotonic() + self._opts.rescan_s)
             return
         for rel in rels:
             self._inbox.forget(rel)
-        self._log.warning(
-            "upload.failed", file=printable(str(first)), reason=expired.problem.code, message=expired.problem.message
-        )
+        self._log.warning("upload.failed", file=printable(str(first)), reason=problem.code, message=problem.message)

@@ -30,6 +30,9 @@ REASONS: dict[str, str] = {
     "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
     'new recording its own id, or set upload.on_conflict = "upload".',
     "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
+    "name_too_long": "The file system refused a name or path as too long (ENAMETOOLONG), so the file could "
+    "not be moved where it belongs; it was put at the top of failed/, and the error file's path field holds "
+    "where it was. Shorten the file or folder names (file names count in bytes: 255 at most) and drop it again.",
     "gave_up": "Transient errors lasted longer than upload.give_up_after_seconds.",
     "job_failed": "Crescendo accepted the upload but its processing job failed; see the error.",
 }
