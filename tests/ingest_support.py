@@ -144,3 +144,21 @@ def notify_socket() -> Iterator[tuple[str, Callable[[], list[str]]]]:
         yield "@" + name, messages
     finally:
         sock.close()
+
+
+@contextmanager
+def folder_chain(root: Path, depth: int, name: str = "d") -> Iterator[list[Path]]:
+    """``depth`` empty folders nested in ``root``, made and removed one level at a time: os.makedirs and
+    shutil.rmtree recurse once per level, and fail on such a chain (RecursionError)."""
+    chain: list[Path] = []
+    try:
+        for _ in range(depth):
+            chain.append((chain[-1] if chain else root) / name)
+            chain[-1].mkdir()
+        yield chain
+    finally:
+        for folder in reversed(chain):  # whatever a test left in them goes too: pytest's rmtree would recurse
+            for left in folder.iterdir():
+                if not left.is_dir() or left.is_symlink():
+                    left.unlink()
+            folder.rmdir()

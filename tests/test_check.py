@@ -6,10 +6,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 import pytest
-from conftest import Spool
+from conftest import TENANT, Spool
+
+from vocwatch.testing.simulator import SimState, Simulator
 
 Results = dict[str, tuple[str, str]]
 
@@ -126,3 +129,31 @@ def test_key_from_systemd_credential_is_found_and_accepted(
     assert code == 0, results
     assert "$CREDENTIALS_DIRECTORY/api-key" in results["api key"][1]
     assert results["api key accepted"][0] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("layout", "why"),
+    [("{0}\n{1}", "line break"), ("{0}\t{1}", "tab")],
+    ids=["second_line", "tab"],
+)
+def test_online_with_a_key_that_cannot_be_a_header_fails_without_printing_any_part_of_it(
+    config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, why: str
+) -> None:
+    first, second = "kfirst" + token_hex(8), "ksecond" + token_hex(8)
+    key = layout.format(first, second)
+    # The API would even take it: the daemon refuses such a key, so `check` must not say it works.
+    simulator = Simulator(SimState(api_key=key, tenant=TENANT)).start()
+    try:
+        key_file = tmp_path / "api-key"
+        key_file.write_text(key + "\n")
+        monkeypatch.delenv("VOCWATCH_API_KEY")
+        path = config(api__base_url=simulator.url, api__api_key_file=key_file)
+        code, results = check("--config", path, "--online", secrets=(key, first, second, first[1:], second[1:]))
+    finally:
+        simulator.stop()
+    assert code == 1, why
+    for name in ("api key", "api key accepted"):
+        status, detail = results[name]
+        assert status == "FAIL" and "alone on one line" in detail, (name, detail)
+    assert results["api health"][0] == "ok"
+    assert simulator.state.received == []

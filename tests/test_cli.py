@@ -6,15 +6,21 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Spool, drop, running, start_daemon, wait_for
+from ingest_support import folder_chain
 
+from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import load_settings
+from vocwatch.edges.ledger import Ledger
 from vocwatch.testing.simulator import Simulator
 
 COMMANDS = ["run", "upload", "ledger", "simulate", "demo", "check", "status"]
@@ -125,3 +131,88 @@ def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, mak
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {"upload.auth_paused", "upload.accepted"} <= {e["event"] for e in events}
     assert sim.state.api_key not in out
+
+
+LEDGER_COMMANDS = {"run": ["run"], "upload": ["upload", "{inbox}"], "ledger_list": ["ledger", "list"]}
+NOBODY = 65534
+# The real CLI's main(), run as uid 65534 once the interpreter and the modules it needs are loaded.
+AS_NOBODY = f"""
+import os, sys, tomllib
+import vocwatch.cli.main, vocwatch.cli.run, vocwatch.cli.upload, vocwatch.cli.ledger, vocwatch.cli.check
+try:
+    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+except OSError as exc:
+    sys.exit(f"cannot become nobody: {{exc}}")
+sys.exit(vocwatch.cli.main.main(sys.argv[1:]))
+"""
+
+
+def _spoil(ledger: Path, how: str) -> None:
+    if how == "garbage":
+        ledger.write_bytes(bytes(range(256)) * 64)
+    elif how == "directory":
+        ledger.mkdir()
+        (ledger / "something").write_text("x")
+    else:  # a real, good ledger that this user may not open
+        Ledger(ledger, SystemClock()).close()
+        ledger.chmod(0o000)
+
+
+@pytest.fixture
+def open_tree() -> Iterator[Path]:
+    """A folder outside pytest's (0700) temp root, so a command run as another user can reach it."""
+    root = Path(tempfile.mkdtemp(prefix="vocwatch-ledger-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how", ["garbage", "directory", "unreadable"])
+@pytest.mark.parametrize("command", list(LEDGER_COMMANDS))
+def test_an_unusable_ledger_exits_78_with_one_line_naming_it_and_no_traceback(
+    open_tree: Path, api_key: str, command: str, how: str
+) -> None:
+    inbox, ledger = open_tree / "spool" / "inbox", open_tree / "state" / "ledger.sqlite3"
+    inbox.mkdir(parents=True)
+    ledger.parent.mkdir()
+    config = open_tree / "config.toml"
+    config.write_text(
+        f'[folders]\ninbox = "{inbox}"\ndone = "{open_tree}/spool/done"\nfailed = "{open_tree}/spool/failed"\n'
+        f'[ledger]\npath = "{ledger}"\n'
+    )
+    _spoil(ledger, how)
+    cli = ["-m", "vocwatch"]
+    if how == "unreadable" and os.geteuid() == 0:
+        # Root reads any file: the refusal shows only to another user, who owns the rest of the tree. The
+        # interpreter may live where that user cannot go (/root/.pyenv), so it drops to the user once started.
+        for path in [open_tree, *open_tree.rglob("*")]:
+            os.lchown(path, NOBODY, NOBODY)
+        cli = ["-c", AS_NOBODY]
+    args = [a.format(inbox=inbox) for a in LEDGER_COMMANDS[command]]
+    result = subprocess.run(
+        [sys.executable, *cli, *args, "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    if cli[0] == "-c":
+        assert os.stat(ledger).st_mode & 0o777 == 0 and os.stat(ledger).st_uid == NOBODY  # refused by its mode
+    if "cannot become nobody" in result.stderr:
+        pytest.skip(f"as root, a permission refusal needs another user, and setuid is refused: {result.stderr}")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == os.EX_CONFIG, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(ledger) in lines[0], lines
+    fix = {"garbage": "restore it from a backup", "directory": "is a directory", "unreadable": "chmod"}[how]
+    assert fix in lines[0]
+
+
+def test_upload_of_a_folder_holding_a_thousand_deep_chain_takes_its_pairs_without_recursing(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    make_settings()
+    backlog = tmp_path / "old-recordings"
+    drop(backlog, "top.wav", "deep-top")
+    with folder_chain(backlog, 1000) as chain:
+        drop(chain[9], "tenth.wav", "deep-tenth")
+        done = vocwatch("upload", "--config", str(tmp_path / "config.toml"), str(backlog))
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(r.metadata["id"] for r in sim.state.received) == ["deep-tenth", "deep-top"]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from vocwatch.core.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
-from vocwatch.edges.client import classify_upload, retry_after
+from vocwatch.edges.client import RETRY_AFTER_MAX_S, classify_upload, retry_after
 from vocwatch.runtime.gate import Gate, full_jitter
 
 
@@ -62,6 +62,54 @@ def test_404_and_redirects_are_configuration_problems_not_rejections() -> None:
 )
 def test_retry_after_seconds(value, expected) -> None:
     assert retry_after(value) == expected
+
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+def _http_date(offset_s: float) -> str:
+    return format_datetime(datetime.fromtimestamp(NOW + offset_s, UTC), usegmt=True)
+
+
+RETRY_AFTER_TABLE: list[tuple[str, str | None, float | None]] = [
+    ("seconds", "120", 120.0),
+    ("zero", "0", 0.0),
+    ("padded", "  7 ", 7.0),
+    ("leading_zeros", "007", 7.0),
+    ("superscript_two", "\u00b2", None),
+    ("arabic_indic_digits", "\u0661\u0662", None),
+    ("fullwidth_digits", "\uff11\uff12", None),
+    ("fraction", "1.5", None),
+    ("negative", "-1", None),
+    ("plus_sign", "+5", None),
+    ("empty", "", None),
+    ("blank", "   ", None),
+    ("absent", None, None),
+    ("garbage", "soon, maybe", None),
+    ("digits_then_garbage", "12abc", None),
+    ("huge_digits", "9" * 400, RETRY_AFTER_MAX_S),
+    ("huge_digits_past_float", "1" + "0" * 5000, RETRY_AFTER_MAX_S),
+    ("http_date_in_the_future", _http_date(90), 90.0),
+    ("http_date_in_the_past", _http_date(-90), 0.0),
+    ("http_date_far_future", "Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_MAX_S),
+    ("http_date_garbage", "Mon, 99 Foo 2026 99:99:99 GMT", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [c[1:] for c in RETRY_AFTER_TABLE], ids=[c[0] for c in RETRY_AFTER_TABLE]
+)
+def test_retry_after_is_only_ascii_digits_or_an_http_date_and_never_raises(
+    value: str | None, expected: float | None
+) -> None:
+    assert retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "1" + "0" * 5000, "1.5"])
+def test_an_odd_retry_after_still_counts_as_a_retry_for_the_breaker(value: str) -> None:
+    # As the bytes a server sends: httpx decodes a header that is not ASCII as UTF-8.
+    outcome = classify_upload(httpx.Response(503, json={"message": "down"}, headers=[(b"Retry-After", value.encode())]))
+    assert isinstance(outcome, Retry) and outcome.reason == "HTTP 503 down"
 
 
 def test_retry_after_http_date_counts_from_now() -> None:
@@ -133,3 +181,32 @@ def test_stop_releases_waiting_workers() -> None:
     gate.stop()
     waiter.join(timeout=5)
     assert results == [False]
+
+
+@pytest.mark.parametrize("failures", [1_024, 1_025, 1_026, 5_000, 10**9])
+def test_full_jitter_never_overflows_however_many_failures(failures: int) -> None:
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 1.0) == 300.0
+    assert full_jitter(failures, 1.0, 300.0, rand=lambda: 0.0) == 0.0
+
+
+def test_backoff_survives_five_thousand_consecutive_failures_with_one_prober() -> None:
+    clock = FakeClock()
+    draws = iter([0.0, 1.0, 0.5, 0.999] * 1250)
+    gate = Gate(clock, initial_backoff=1.0, max_backoff=60.0, auth_probe=30.0, rand=lambda: next(draws))
+    for n in range(1, 5_001):
+        assert gate.acquire()  # this thread is the one prober once the wait has run out
+        assert gate.report(Retry("HTTP 503 down")) is False
+        state = gate.state()
+        assert state.open and state.failures == n
+        assert 0.0 <= state.reopens_in <= 60.0
+        clock.now += state.reopens_in
+    # Still a breaker: exactly one worker probes, the rest wait for its result.
+    second: list[bool] = []
+    assert gate.acquire()
+    waiter = threading.Thread(target=lambda: second.append(gate.acquire()))
+    waiter.start()
+    waiter.join(timeout=0.2)
+    assert waiter.is_alive() and second == []
+    gate.report(Accepted("job"))
+    waiter.join(timeout=5)
+    assert second == [True] and not gate.state().open

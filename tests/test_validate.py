@@ -106,6 +106,30 @@ def test_sidecar_rules(raw: bytes, reason: str | None) -> None:
         metadata_json(parsed).encode("utf-8")  # whatever is accepted can be sent
 
 
+NUMBER_TABLE: list[tuple[str, bytes, str | None]] = [
+    ("overflows_to_infinity", b"1e400", "sidecar_not_json"),
+    ("overflows_to_minus_infinity", b"-1e400", "sidecar_not_json"),
+    ("overflows_with_a_fraction", b"123456789.5e999", "sidecar_not_json"),
+    ("overflows_deep_inside", b'{"a": [1, {"b": 1E+400}]}', "sidecar_not_json"),
+    ("largest_finite_is_fine", b"1e308", None),
+    ("tiny_underflows_to_zero_is_fine", b"1e-400", None),
+    ("negative_zero_is_fine", b"-0.0", None),
+    ("huge_integer_is_fine", b"1" + b"0" * 400, None),
+    ("nan", b"NaN", "sidecar_not_json"),
+    ("infinity", b"Infinity", "sidecar_not_json"),
+    ("minus_infinity", b"-Infinity", "sidecar_not_json"),
+]
+
+
+@pytest.mark.parametrize(("number", "reason"), [c[1:] for c in NUMBER_TABLE], ids=[c[0] for c in NUMBER_TABLE])
+def test_a_number_that_is_not_finite_once_parsed_is_refused_as_not_json(number: bytes, reason: str | None) -> None:
+    parsed = parse_sidecar(b'{"id": "rec-1", "score": ' + number + b"}")
+    assert (parsed.code if isinstance(parsed, Problem) else None) == reason
+    if not isinstance(parsed, Problem):
+        # What is accepted is sent as JSON that a strict parser (no NaN, no Infinity) reads back.
+        json.loads(metadata_json(parsed), parse_constant=lambda name: pytest.fail(f"sent {name}"))
+
+
 # -- properties of the metadata rules ----------------------------------------------------
 
 ID_RULE = re.compile(r"[A-Za-z0-9._-]{1,255}")

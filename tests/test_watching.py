@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 from conftest import Spool, drop, running, wait_for
-from ingest_support import captured_log, notify_socket, put, put_atomic, wav_bytes, write_settings
+from ingest_support import captured_log, folder_chain, notify_socket, put, put_atomic, wav_bytes, write_settings
 
 from vocwatch.core.reasons import REASONS
 from vocwatch.edges import watcher
 from vocwatch.edges.config import Settings
 from vocwatch.edges.notify import SdNotifier
+from vocwatch.runtime.daemon import Daemon
 from vocwatch.testing.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,3 +349,93 @@ def test_vocwatch_check_explains_every_reason_a_file_can_fail_with() -> None:
     assert result.returncode == 0, result.stderr
     explained = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert explained == set(REASONS)
+
+
+def test_a_thousand_deep_chain_of_folders_lets_the_daemon_start_and_take_a_top_level_pair(
+    spool: Spool, sim: Simulator, make_settings: Callable[..., Settings]
+) -> None:
+    # watchdog adds its inotify watches with a recursive walk (RecursionError at this depth); so does the poller.
+    settings = make_settings(watch__recursive=True, watch__rescan_seconds=0.3, watch__poll_interval_seconds=0.2)
+    with folder_chain(spool.inbox, 1000) as chain, captured_log() as log:
+        with running(settings) as daemon:
+            drop(spool.inbox, "top.wav", "top")
+            wait_for(done(spool, "top.wav"), what="top-level pair in done/")
+            scans = daemon.planner.scans
+            wait_for(lambda: daemon.planner.scans >= scans + 2, what="two more rescans")
+            assert daemon.watcher.healthy()
+        assert all(folder.is_dir() for folder in chain)
+    too_deep = [line for line in log() if line["event"] == "scan.too_deep"]
+    assert len(too_deep) == 1, too_deep  # once, not at every rescan or for every folder below
+    assert too_deep[0]["folder"] == str(chain[watcher.MAX_DEPTH]) and too_deep[0]["depth"] == watcher.MAX_DEPTH + 1
+    assert "fix" in too_deep[0]
+    if daemon.watcher.kind == "poll":  # the interpreter's os.walk recursed (before Python 3.12)
+        assert any(line["event"] == "watch.events_failed" for line in log())
+
+
+def test_hints_for_a_five_hundred_deep_chain_scan_each_new_folder_once_and_never_its_whole_subtree(
+    spool: Spool, sim: Simulator, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = Daemon(make_settings(watch__recursive=True, watch__rescan_seconds=3600))
+    planner = daemon.planner
+    scanned: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        scanned.append(os.fsdecode(path))
+        return real_scandir(path)
+
+    try:
+        with folder_chain(spool.inbox, 500) as chain:
+            monkeypatch.setattr(os, "scandir", counting_scandir)
+            planner.hint(str(chain[0]), "changed")  # the top folder of a tree that is already there
+            planner._wait_for_hints(next_scan=float("inf"))
+            assert scanned == [str(chain[0])]
+            scanned.clear()
+            # What watchdog reports for `mkdir` of every level, then again for a new folder's content, and a
+            # top-level drop behind them all.
+            for folder in chain + chain[1:]:
+                planner.hint(str(folder), "changed")
+            drop(spool.inbox, "top.wav", "top")
+            for name in ("top.wav", "top.json"):
+                planner.hint(str(spool.inbox / name), "moved", str(spool.inbox / f".{name}.tmp"))
+            planner._wait_for_hints(next_scan=float("inf"))
+            assert len(scanned) == len(set(scanned)) <= len(chain)  # one level per folder, each folder once
+            assert {"top.wav", "top.json"} <= set(planner._inbox.entries)
+    finally:
+        daemon.parts.close()
+
+
+class _ExplodingObserver:
+    """An observer whose construction fails as watchdog's can (a RecursionError, or any bug)."""
+
+    error: type[Exception] = RecursionError
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise self.error("maximum recursion depth exceeded")
+
+
+def test_an_observer_that_raises_while_starting_or_healing_falls_back_to_polling_and_never_stops_the_daemon(
+    spool: Spool, sim: Simulator, make_settings: Callable[..., Settings]
+) -> None:
+    import watchdog.observers
+
+    settings = make_settings(watch__poll_interval_seconds=0.1)
+    with captured_log() as log, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(watchdog.observers, "Observer", _ExplodingObserver)
+        with running(settings) as daemon:
+            assert daemon.watcher.kind == "poll"
+            drop(spool.inbox, "polled.wav", "polled")
+            wait_for(done(spool, "polled.wav"), what="pair taken by the fallback poller")
+            # Healing fails too (events and polling both raise): the daemon goes on, rescans still take pairs.
+            patch.setattr(watcher, "PollingObserverVFS", type("Broken", (_ExplodingObserver,), {"error": KeyError}))
+            observer = daemon.watcher.observer
+            assert observer is not None
+            observer.stop()
+            wait_for(lambda: "cannot" in (daemon.watcher.problem or ""), what="watcher down")
+            drop(spool.inbox, "rescanned.wav", "rescanned")
+            daemon.planner.hint(str(spool.inbox), "rescan")
+            wait_for(done(spool, "rescanned.wav"), what="pair taken by a rescan while nothing watches")
+            patch.undo()
+            wait_for(daemon.watcher.healthy, what="watching again once the observer works")
+    events = [line["event"] for line in log()]
+    assert "watch.events_failed" in events and "watch.failed" in events

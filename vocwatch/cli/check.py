@@ -79,10 +79,21 @@ def _client_on(settings: Settings, http: httpx.Client) -> CrescendoClient:
     )
 
 
-def _key(settings: Settings) -> tuple[bool, str]:
+def _key(settings: Settings, client: CrescendoClient) -> tuple[bool, str]:
     if resolve_api_key(settings) is None:
         return False, f"missing: put it in one of {api_key_sources(settings)}"
+    unusable = _unsendable(client)
+    if unusable is not None:
+        return False, unusable
     return True, f"present (looked in {api_key_sources(settings)})"
+
+
+def _unsendable(client: CrescendoClient) -> str | None:
+    """Why the daemon would refuse to send this key, by the client's own header guard; None if it would."""
+    auth = client._auth()
+    if isinstance(auth, AuthProblem):
+        return f"{auth.message} (the daemon refuses to send it)"
+    return None
 
 
 def _key_accepted(settings: Settings, http: httpx.Client, client: CrescendoClient) -> tuple[bool, str]:
@@ -90,20 +101,31 @@ def _key_accepted(settings: Settings, http: httpx.Client, client: CrescendoClien
 
     A status query cannot tell a wrong tenant from an unknown job (both 404), nor a read-only key.
     """
-    key = resolve_api_key(settings)
-    if key is None:
+    if resolve_api_key(settings) is None:
         return False, "no key to try"
-    auth = {"Authorization": f"Bearer {key.get_secret_value()}"}
+    # The daemon's own header, and its own refusal: a key the daemon would never send is never sent here.
+    auth = client._auth()
+    if isinstance(auth, AuthProblem):
+        return False, f"not sent: {auth.message}"
     try:
         response = http.post(client.upload_url, json={}, headers=auth)
     except httpx.HTTPError as exc:
-        return False, f"{type(exc).__name__}: {exc}"
+        # Never the exception's text: an invalid header's error quotes the header, key and all.
+        return False, _request_failed(exc, client.upload_url)
     outcome = classify_upload(response)
     if isinstance(outcome, AuthProblem):
         return False, f"refused: HTTP {outcome.status} {outcome.message}; fix the key, api.tenant_id or api.base_url"
     if isinstance(outcome, Rejected):
         return True, f"key accepted for tenant {settings.api.tenant_id}"
     return False, f"no clear answer: {outcome}"
+
+
+def _request_failed(exc: Exception, url: str) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{type(exc).__name__}: no answer from {url} in time; check the network, api.proxy and the timeouts"
+    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ProtocolError):
+        return f"{type(exc).__name__}: could not reach {url}; check api.base_url, the network, api.proxy and TLS"
+    return f"{type(exc).__name__}: the request to {url} failed before any reply; check api.base_url and the key"
 
 
 def _scrubbed(text: str, settings: Settings) -> str:
@@ -126,9 +148,9 @@ def main(args: argparse.Namespace) -> int:
         checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
     checks.append(("ledger", lambda: _ledger(settings)))
-    checks.append(("api key", lambda: _key(settings)))
     http = _http(settings)
     with contextlib.closing(_client_on(settings, http)) as client:
+        checks.append(("api key", lambda: _key(settings, client)))
         if args.online:
             checks.append(("api health", client.health))
             checks.append(("api key accepted", lambda: _key_accepted(settings, http, client)))
@@ -137,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
             try:
                 ok, detail = run()
             except Exception as exc:  # a check must report, never crash the report
-                ok, detail = False, f"{type(exc).__name__}: {exc}"
+                # Only the type: an exception's text can quote a header, and so the key.
+                ok, detail = False, f"{type(exc).__name__} (its text is withheld: it may quote the key); report this"
             failures += not ok
             print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {_scrubbed(detail, settings)}")
     return 0 if failures == 0 else 1

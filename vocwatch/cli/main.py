@@ -12,6 +12,7 @@ from pathlib import Path
 from vocwatch import __version__
 from vocwatch.cli.common import EX_CONFIG
 from vocwatch.edges.config import ConfigError
+from vocwatch.edges.ledger import LedgerError
 
 Handler = Callable[[argparse.Namespace], int]
 # command -> the module under vocwatch.cli whose ``main(args)`` runs it
@@ -116,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"vocwatch: config error: {problem}", file=sys.stderr)
         return EX_CONFIG
+    except LedgerError as exc:
+        # Not a restart's to fix (the unit's RestartPreventExitStatus=78): an operator must act on the file.
+        print(f"vocwatch: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
     except KeyboardInterrupt:
         return 130
 

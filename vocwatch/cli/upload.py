@@ -15,6 +15,7 @@ from vocwatch.cli.common import EX_NOPERM, EX_TEMPFAIL, settings_from
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import Entry, Expired, Rules, is_ignored, plan
 from vocwatch.edges.config import Settings
+from vocwatch.edges.folders import walk_files
 from vocwatch.runtime.backfill import Backfill, Summary
 from vocwatch.runtime.daemon import build, check_layout, require_key
 
@@ -97,7 +98,7 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
     for path in paths:
         if path.is_dir():
             origin = path
-            files = [Path(d, n) for d, _, names in os.walk(path) for n in names]
+            files = [Path(d, n) for d, names in walk_files(path) for n in names]
         elif os.path.lexists(path):
             origin = path.parent
             files = [path, *(s for s in _sidecars_of(path) if s.exists())]

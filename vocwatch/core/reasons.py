@@ -14,8 +14,9 @@ REASONS: dict[str, str] = {
     "unreadable": "The file could not be read (permissions or I/O error). Check ownership and the disk.",
     "invalid_name": "The file or folder name is not valid UTF-8, so it can be neither sent nor recorded. "
     "Rename it (e.g. convmv -f latin1 -t utf8 NAME) and drop it again.",
-    "sidecar_not_json": "The sidecar is not valid UTF-8 JSON (a BOM is fine; NaN, Infinity, lone \\ud800 "
-    "escapes and absurd nesting are not). Fix the JSON and drop the pair again.",
+    "sidecar_not_json": "The sidecar is not valid UTF-8 JSON (a BOM is fine; NaN, Infinity, numbers too large "
+    "to be finite such as 1e400, lone \\ud800 escapes and absurd nesting are not). Fix the JSON and drop the "
+    "pair again.",
     "sidecar_not_object": "The sidecar's JSON is not an object ({...}).",
     "sidecar_too_large": "The sidecar exceeds 64 KiB. Trim the metadata.",
     "missing_id": 'The sidecar has no string "id". Add the recording\'s id.',
@@ -29,6 +30,9 @@ REASONS: dict[str, str] = {
     "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
     'new recording its own id, or set upload.on_conflict = "upload".',
     "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
+    "name_too_long": "The file system refused a name or path as too long (ENAMETOOLONG), so the file could "
+    "not be moved where it belongs; it was put at the top of failed/, and the error file's path field holds "
+    "where it was. Shorten the file or folder names (file names count in bytes: 255 at most) and drop it again.",
     "gave_up": "Transient errors lasted longer than upload.give_up_after_seconds.",
     "job_failed": "Crescendo accepted the upload but its processing job failed; see the error.",
     "job_unknown": "Crescendo accepted the upload, then answered 404 for its job for longer than "

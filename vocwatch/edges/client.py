@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ KeyProvider = Callable[[], SecretStr | None]
 RETRYABLE = frozenset({408, 425, 429})
 # Bigger chunks than httpx's 64 KiB default cut per-chunk interpreter overhead on large files.
 UPLOAD_CHUNK = 1024 * 1024
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+# A Retry-After beyond a day is a server's mistake; the gate caps the wait at upload.max_backoff_seconds anyway.
+RETRY_AFTER_MAX_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,17 +192,24 @@ def classify_upload(response: httpx.Response) -> Outcome:
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None for anything else.
+
+    Only ASCII digits are seconds: ``str.isdigit`` also takes '²' or '١٢', which ``float`` refuses.
+    """
+    if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    if not value:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    if _DELTA_SECONDS.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        # Long digit strings are capped before converting: int() refuses over 4300 digits.
+        return RETRY_AFTER_MAX_S if len(digits) > 9 else min(RETRY_AFTER_MAX_S, float(digits))
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    return min(RETRY_AFTER_MAX_S, max(0.0, when - (time.time() if now is None else now)))
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,13 @@ from vocwatch.core.model import Pair
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
 from vocwatch.edges.effects import Effect, point
+
+# A file name's limit in bytes on Linux filesystems: every name derived here (a ~1 suffix, NAME.error.json,
+# a temp name) must fit, or the pair could never leave work/.
+NAME_MAX = 255
+NAME_HASH = 8  # hex digits of the stem's hash in a shortened stem
+NAME_RESERVE = 32  # bytes a shortened stem leaves free: ~9999, .mp3.json or .error.json
+ERROR_TAIL = ".error.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,7 @@ class Folders:
     def release(self, claimed: Claimed) -> None:
         """Put a claimed pair back where it came from, to be taken again later: under its own names, or
         under one ``~N`` suffix free for both, so that a newer file of the same name never joins it."""
+        # The recording first: a put-back cut short leaves a lone sidecar in work/, which goes back too.
         present = [p for p in claimed.paths() if os.path.lexists(p)]
         target = claimed.origin / claimed.pair.audio
         for n in range(0, 10_000):
@@ -176,14 +185,21 @@ class Folders:
             raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
         _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
 
-    def plan_destination(self, claimed: Claimed, stage: Stage) -> Path:
-        """Where the recording will land in ``stage``: its relative path, suffixed if taken."""
-        target = self.stages[stage] / claimed.pair.audio
+    def plan_destination(self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False) -> Path:
+        """Where the recording will land in ``stage``: its relative path, suffixed if taken.
+
+        ``with_error``: an error file goes beside it, so its name must fit too; ``flat``: at the top of
+        ``stage``, for a pair whose folders make the path too long there.
+        """
+        target = self._target(claimed, stage, flat)
         for n in range(0, 10_000):
-            names = _pair_names(target, claimed.pair, n)
+            names = _pair_names(target, claimed.pair, n, with_error)
             if not any(os.path.lexists(p) for p in names.values()):
                 return names["audio"]
         raise FileExistsError(f"{target}: 10000 names taken; clean up {self.stages[stage]}")
+
+    def _target(self, claimed: Claimed, stage: Stage, flat: bool) -> Path:
+        return self.stages[stage] / (claimed.pair.audio.name if flat else claimed.pair.audio)
 
     def finish(
         self,
@@ -191,20 +207,23 @@ class Folders:
         stage: Stage,
         destination: Path | None = None,
         error: Mapping[str, Any] | None = None,
+        *,
+        flat: bool = False,
     ) -> Path:
         """Move the pair (and write its error file, if any) into ``stage``; return the audio's path."""
-        destination = destination or self.plan_destination(claimed, stage)
-        base = self.stages[stage] / claimed.pair.audio
-        n = _suffix_of(destination, claimed.pair.audio)
+        with_error = error is not None
+        destination = destination or self.plan_destination(claimed, stage, with_error=with_error, flat=flat)
+        target = self._target(claimed, stage, flat)
+        n = _suffix_of(destination, target, claimed.pair, with_error)
         for _ in range(10_000):
-            names = _pair_names(base, claimed.pair, n)
+            names = _pair_names(target, claimed.pair, n, with_error)
             if self._move_pair(claimed, names, error):
                 # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next
                 # start finds the same file (same inode) at the recorded destination and drops the copy.
                 _fsync_dirs({names["audio"].parent})
                 return names["audio"]
             n += 1
-        raise FileExistsError(errno.EEXIST, "10000 names taken", str(base))
+        raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
 
     def _move_pair(self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None) -> bool:
         """Move the pair to ``names``; False (nothing moved) when one of them is taken by another file."""
@@ -217,6 +236,8 @@ class Folders:
             moves = moves[1:]
         elif any(src is not None and dst is not None and _taken(src, dst) for src, dst in moves):
             return False
+        if error is not None and os.path.lexists(names["error"]):
+            return False  # another pair's error file: never overwritten
         if error is not None:
             _write_atomic(names["error"], json.dumps(error, indent=2, ensure_ascii=False) + "\n")
         done: list[tuple[Path, Path]] = []
@@ -235,13 +256,19 @@ class Folders:
             return False
         return True
 
-    def fail_in_place(self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any]) -> None:
-        """Move files that never formed a pair straight from ``origin`` to failed/, with the reason."""
+    def fail_in_place(
+        self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any], *, flat: bool = False
+    ) -> None:
+        """Move files that never formed a pair straight from ``origin`` to failed/, with the reason.
+
+        ``flat``: to the top of failed/, for files whose folders make the path too long there.
+        """
         failed = self.stages[Stage.FAILED]
-        first = failed / files[0]
+        places = [failed / (f.name if flat else f) for f in files]
         for n in range(0, 10_000):
-            targets = [_with_suffix_n(failed / f, n) for f in files]
-            err = _error_name(_with_suffix_n(first, n))
+            # The first file's error file shares its (possibly shortened) stem, so its name must fit as well.
+            targets = [_with_suffix_n(p, n, *([ERROR_TAIL] if i == 0 else [])) for i, p in enumerate(places)]
+            err = _error_name(targets[0])
             if not any(os.path.lexists(p) for p in [*targets, err]):
                 break
         err.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +285,7 @@ class Folders:
         A lone half (its partner already moved on, or never claimed) should go back to the inbox.
         """
         groups: dict[tuple[str, str], list[PurePosixPath]] = {}
-        for dirpath, _dirs, files in os.walk(self.work):
+        for dirpath, files in walk_files(self.work):
             for name in files:
                 rel = PurePosixPath(Path(dirpath, name).relative_to(self.work).as_posix())
                 groups.setdefault((str(rel.parent), classify(name)[1]), []).append(rel)
@@ -272,33 +299,105 @@ class Folders:
                     yield Claimed(Pair(rel, None), self.work, self.inbox), False
 
 
-def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:
-    audio = _with_suffix_n(target, n)
-    names = {"audio": audio, "error": _error_name(audio)}
+def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, the names of its files) for ``top`` and every folder below it, as os.walk lists them but
+    without recursion (before Python 3.12 os.walk recurses once per level: a deep tree raised RecursionError).
+    Links to folders are not followed."""
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if not is_dir:
+                        files.append(entry.name)
+                    elif not entry.is_symlink():
+                        stack.append(entry.path)
+        except OSError:
+            continue
+        yield folder, files
+
+
+def _pair_names(target: Path, pair: Pair, n: int, with_error: bool = False) -> dict[str, Path]:
+    """The names of the pair's recording, sidecar and error file at ``target``, collision number ``n``.
+
+    All three share one stem, shortened for all when any of the names it must carry would not fit.
+    """
+    tail: str | None = None
     if pair.sidecar is not None:
         sidecar_name = pair.sidecar.name
         stem = PurePosixPath(pair.audio.name).stem
         tail = sidecar_name[len(stem) :] if sidecar_name.startswith(stem) else "." + sidecar_name
+    companions = [t for t in (tail, ERROR_TAIL if with_error else None) if t is not None]
+    audio = _with_suffix_n(target, n, *companions)
+    names = {"audio": audio, "error": _error_name(audio)}
+    if tail is not None:
         names["sidecar"] = audio.with_name(PurePosixPath(audio.name).stem + tail)
     return names
 
 
 def _error_name(audio: Path) -> Path:
     """``call.wav`` -> ``call.error.json``, beside it in failed/."""
-    return audio.with_name(PurePosixPath(audio.name).stem + ".error.json")
+    return audio.with_name(PurePosixPath(audio.name).stem + ERROR_TAIL)
 
 
-def _with_suffix_n(path: Path, n: int) -> Path:
-    """``call.wav`` -> ``call.wav`` (n=0), ``call~1.wav`` (n=1): the collision-safe names."""
-    if n == 0:
-        return path
-    return path.with_name(f"{path.stem}~{n}{path.suffix}")
+def _with_suffix_n(path: Path, n: int, *companions: str) -> Path:
+    """``call.wav`` -> ``call.wav`` (n=0), ``call~1.wav`` (n=1): the collision-safe names.
+
+    When the name, or its stem with any of ``companions`` (a sidecar's ``.json``, ``.error.json``), would
+    exceed NAME_MAX bytes, the stem is shortened: ``call...-1a2b3c4d~1.wav`` (see _short_stem).
+    """
+    mark = f"~{n}" if n else ""
+    stem, suffix = path.stem, path.suffix
+    longest = max(_nbytes(mark + tail) for tail in (suffix, *companions))
+    if _nbytes(stem) + longest > NAME_MAX:
+        return path.with_name(_short_stem(stem) + mark + suffix)
+    return path if n == 0 else path.with_name(stem + mark + suffix)
 
 
-def _suffix_of(destination: Path, rel: PurePosixPath) -> int:
-    if destination.name == rel.name:
+def _short_stem(stem: str) -> str:
+    """``stem`` cut to NAME_MAX - NAME_RESERVE bytes (never inside a character) plus a hash of the whole stem:
+    deterministic, and distinct for stems that share the cut. It leaves NAME_RESERVE bytes for what follows."""
+    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:NAME_HASH]
+    room = NAME_MAX - NAME_RESERVE - NAME_HASH - 1
+    cut, used = [], 0
+    for char in stem:
+        size = _nbytes(char)
+        if used + size > room:
+            break
+        cut.append(char)
+        used += size
+    return "".join(cut) + "-" + digest
+
+
+def _nbytes(name: str) -> int:
+    """A name's length as the kernel counts it (NAME_MAX is bytes, not characters)."""
+    return len(os.fsencode(name))
+
+
+def _fitting_temp(path: Path, tag: str) -> Path:
+    """``.NAME.tag`` beside ``path``, or a hash of the name in its place when that would not fit."""
+    name = f".{path.name}.{tag}"
+    if _nbytes(name) > NAME_MAX:
+        name = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}.{tag}"
+    return path.with_name(name)
+
+
+def _suffix_of(destination: Path, target: Path, pair: Pair, with_error: bool) -> int:
+    """The collision number ``n`` whose names put the recording at ``destination``."""
+    if destination.name == target.name:
         return 0
-    return int(destination.stem.rsplit("~", 1)[1])
+    guess = destination.stem.rsplit("~", 1)[-1]
+    candidates: list[int] = [int(guess)] if guess.isascii() and guess.isdigit() else []
+    for n in candidates + list(range(10_000)):
+        if _pair_names(target, pair, n, with_error)["audio"] == destination:
+            return n
+    raise FileExistsError(errno.EEXIST, "not a name planned for this pair; planning again", str(destination))
 
 
 def _taken(src: Path, dst: Path) -> bool:
@@ -357,7 +456,7 @@ def _move_no_clobber(src: Path, dst: Path) -> None:
 
 
 def _copy_then_unlink(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.vocwatch-copy")
+    tmp = _fitting_temp(dst, "vocwatch-copy")
     point(Effect.WRITE, dst)
     if src.is_symlink():
         os.symlink(os.readlink(src), tmp)
@@ -375,7 +474,7 @@ def _copy_then_unlink(src: Path, dst: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _fitting_temp(path, "tmp")
     try:
         point(Effect.WRITE, path)
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -14,6 +14,16 @@ from typing import Any
 from vocwatch.core import pairing
 from vocwatch.core.pairing import Entry, Key, printable
 
+# Folders more than this many levels below the inbox are not looked into (a scan.too_deep warning says
+# so, once per folder): a 1,000-deep chain of folders must not cost a walk per level at every hint.
+MAX_DEPTH = 64
+TOO_DEEP_FIX = f"keep recordings at most {MAX_DEPTH} folders below the inbox; move this folder's content up"
+
+
+def folder_depth(rel: str) -> int:
+    """How many folders below the inbox ``rel`` (a folder, relative to the inbox) is: "." is 0."""
+    return 0 if rel in (".", "") else rel.strip("/").count("/") + 1
+
 
 class Inbox:
     def __init__(self, root: Path, *, ignore: Iterable[str], recursive: bool, log: Any) -> None:
@@ -28,6 +38,7 @@ class Inbox:
         self._groups: dict[Key, tuple[str, ...]] = {}
         self.dirty: set[Key] = set()
         self._unreadable: set[str] = set()
+        self._too_deep: set[str] = set()
         self._log = log
 
     def path(self, rel: str) -> str:
@@ -48,8 +59,11 @@ class Inbox:
     def ignored(self, rel: str) -> bool:
         return rel != "." and any(self._ignore(part) for part in rel.split("/"))
 
-    def walk(self, rel: str = ".") -> Iterator[tuple[str, os.stat_result]]:
-        """Every file below ``rel`` (not following links), streamed and without recursion: trees can be deep."""
+    def walk(self, rel: str = ".", *, deep: bool = True) -> Iterator[tuple[str, os.stat_result]]:
+        """Every file below ``rel`` (not following links), streamed and without recursion: trees can be deep.
+
+        Folders more than MAX_DEPTH levels down are left out; ``deep=False``: only ``rel``'s own files.
+        """
         stack = ["" if rel == "." else rel + "/"]
         while stack:
             base = stack.pop()
@@ -65,8 +79,11 @@ class Inbox:
                         except OSError:
                             continue
                         if stat.S_ISDIR(st.st_mode):
-                            if self.recursive:
-                                stack.append(base + name + "/")
+                            if self.recursive and deep:
+                                if base.count("/") < MAX_DEPTH:
+                                    stack.append(base + name + "/")
+                                else:
+                                    self.too_deep(base + name)
                             continue
                         yield base + name, st
             except OSError as exc:
@@ -75,6 +92,19 @@ class Inbox:
                     self._log.warning("scan.unreadable", folder=printable(folder), error=str(exc))
                 continue
             self._unreadable.discard(folder)
+
+    def too_deep(self, rel: str) -> None:
+        """Say once that the folder ``rel`` (and all below it) is beyond MAX_DEPTH and not looked into."""
+        rel = "/".join(rel.split("/")[: MAX_DEPTH + 1])  # the topmost folder too deep: one warning per chain
+        if rel not in self._too_deep:
+            self._too_deep.add(rel)
+            self._log.warning(
+                "scan.too_deep",
+                folder=printable(self.path(rel)),
+                depth=folder_depth(rel),
+                max_depth=MAX_DEPTH,
+                fix=TOO_DEEP_FIX,
+            )
 
     def observe(
         self, rel: str, st: os.stat_result, now: float, complete_at: float | None = None, renamed: bool = False

@@ -7,6 +7,7 @@ move, and each commit is on disk (WAL, synchronous=FULL) before the next step st
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -91,6 +92,51 @@ class StaleRowError(RuntimeError):
     """A compare-and-set found the row in another state than its caller read: a bug, or another process."""
 
 
+class LedgerError(Exception):
+    """The ledger file cannot be opened or is not a database: one line naming the file and what to do."""
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        super().__init__(f"ledger {path}: {problem}; {fix}")
+        self.path = path
+
+
+def unusable(path: Path, exc: Exception, *, readonly: bool = False) -> LedgerError:
+    """What is wrong with the ledger file at ``path``, told from the file itself rather than SQLite's words."""
+    uid = os.getuid()
+    if path.is_dir():
+        return LedgerError(
+            path,
+            "is a directory, not a ledger file",
+            "set ledger.path to a file name (it is created at first start), or move the directory aside",
+        )
+    if os.path.lexists(path) and not os.access(path, os.R_OK if readonly else os.R_OK | os.W_OK):
+        return LedgerError(
+            path,
+            f"cannot be {'read' if readonly else 'read and written'} by uid {uid} (permission denied)",
+            f"fix its owner or mode (e.g. chown vocwatch: {path}; chmod 600 {path})",
+        )
+    if not readonly and not os.access(path.parent, os.W_OK | os.X_OK):
+        # SQLite keeps its -wal and -shm files beside the ledger.
+        return LedgerError(
+            path,
+            f"its folder {path.parent} is not writable by uid {uid}",
+            "fix the folder's owner or mode (e.g. install -d -o vocwatch FOLDER)",
+        )
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and any(w in text for w in ("not a database", "malformed", "corrupt")):
+        return LedgerError(
+            path,
+            f"is not a SQLite database, or is corrupt ({text})",
+            "restore it from a backup, or move it aside (mv it to a .bad name) to start an empty ledger, "
+            "which no longer knows what was uploaded: recordings dropped again are sent again",
+        )
+    return LedgerError(
+        path,
+        f"cannot be opened ({type(exc).__name__}: {text})",
+        "check the file, its folder and the disk; restore it from a backup or move it aside",
+    )
+
+
 class Ledger:
     """Thread-safe: writes share one connection under a lock; each thread reads on its own (WAL)."""
 
@@ -105,14 +151,23 @@ class Ledger:
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL: a commit is on disk before we rename files on the strength of it.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise unusable(path, exc, readonly=readonly) from exc
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            # Read the header now: a file that is no database must fail here, not at the first upload.
+            self._db.execute("PRAGMA schema_version").fetchone()
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk before we rename files on the strength of it.
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.executescript(_SCHEMA)
+                self._migrate()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise unusable(path, exc, readonly=readonly) from exc
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import stat
@@ -36,7 +37,7 @@ def parse_sidecar(raw: bytes) -> dict[str, Any] | Problem:
     if len(raw) > MAX_SIDECAR_BYTES:
         return Problem("sidecar_too_large", f"sidecar is {len(raw)} bytes; at most 65536 are allowed")
     try:
-        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
+        value = json.loads(raw.decode("utf-8-sig"), parse_float=_finite_float, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         return Problem("sidecar_not_json", f"sidecar is not valid UTF-8 JSON: {exc}")
     except RecursionError:
@@ -50,6 +51,14 @@ def parse_sidecar(raw: bytes) -> dict[str, Any] | Problem:
         return Problem("sidecar_not_json", "sidecar holds a lone surrogate escape (e.g. \\ud800), which is not text")
     problem = check_recording_id(value.get("id"))
     return problem if problem is not None else value
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON text, but it parses to inf, which would be sent as Infinity: not JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large to be a number the API can read")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

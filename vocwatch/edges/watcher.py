@@ -7,7 +7,7 @@ import importlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +16,8 @@ from watchdog import events as watchdog_events
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
+
+from vocwatch.edges.inbox import MAX_DEPTH, folder_depth
 
 Mode = Literal["auto", "inotify", "poll"]
 # on_event(path, event, source): the planner's vocabulary, listed in planner.py.
@@ -173,11 +175,31 @@ class Watcher:
                     )
                     return None
                 self._log.warning("watch.inotify_limit", error=str(exc), fix=INOTIFY_FIX + "; polling meanwhile")
+            except Exception as exc:
+                # watchdog's own failure, such as the RecursionError of its recursive walk that adds the watches
+                # of a very deep tree: polling (depth-limited) still works, and nothing may stop the daemon.
+                self._log.warning(
+                    "watch.events_failed",
+                    inbox=str(self._root),
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    fix=f"polling instead; keep the inbox tree shallower than {MAX_DEPTH} folders, "
+                    'or set watch.mode = "poll"',
+                )
         try:
             return self._launch(events=False)
-        except OSError as exc:
+        except Exception as exc:
             self._down("watch.failed", f"cannot poll {self._root}: {exc}", "check the inbox and its permissions")
             return None
+
+    def _listdir(self, path: str | None) -> Iterator[os.DirEntry[str]]:
+        """os.scandir for the poller, without the folders beyond MAX_DEPTH: its snapshot walk recurses."""
+        folder = path if path is not None else str(self._root)
+        rel = os.path.relpath(folder, self._root)
+        with os.scandir(folder) as it:
+            if folder_depth(rel) < MAX_DEPTH:
+                return iter(list(it))
+            return iter([entry for entry in it if not entry.is_dir(follow_symlinks=False)])
 
     def _launch(self, *, events: bool) -> BaseObserver:
         observer: BaseObserver
@@ -188,7 +210,7 @@ class Watcher:
             observer = Observer()  # opens an inotify instance: can fail with EMFILE at once
         else:
             # lstat, not stat: a symlink to / or a link loop in the inbox must not be walked at every poll.
-            observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=self._poll_interval)
+            observer = PollingObserverVFS(os.lstat, self._listdir, polling_interval=self._poll_interval)
         try:
             observer.schedule(
                 _Handler(self._on_event),
@@ -244,16 +266,22 @@ class Watcher:
 
     def heal(self) -> bool:
         """Restart a dead or stale observer; True when watching afterwards."""
-        why = self._diagnose()
-        if why is None:
-            return True
-        if self._observer is not None:
-            self.problem = why
-            self._on_event(str(self._root), "not_watching", None)
-            self._log.warning("watch.lost", inbox=str(self._root), problem=why, fix="restarting the observer")
-            self.stop()
-            self.restarts += 1
-        return self.start()
+        try:
+            why = self._diagnose()
+            if why is None:
+                return True
+            if self._observer is not None:
+                self.problem = why
+                self._on_event(str(self._root), "not_watching", None)
+                self._log.warning("watch.lost", inbox=str(self._root), problem=why, fix="restarting the observer")
+                self.stop()
+                self.restarts += 1
+            return self.start()
+        except Exception as exc:  # healing must never stop the daemon: the rescans go on, and so do retries
+            self._observer = None
+            return self._down(
+                "watch.failed", f"cannot restart watching {self._root}: {type(exc).__name__}", "check the inbox"
+            )
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None

@@ -6,6 +6,7 @@ exactly one worker probes (half-open) while the others keep waiting; its result 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -13,10 +14,18 @@ from dataclasses import dataclass
 
 from vocwatch.core.model import AuthProblem, Clock, Outcome, Retry, Unsettled
 
+MAX_EXPONENT = 1000  # 2.0 ** 1000 is still a float
+
 
 def full_jitter(failures: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """AWS's 'full jitter': uniform in [0, min(cap, initial * 2**(failures-1))]."""
-    return rand() * min(cap, initial * 2.0 ** max(0, failures - 1))
+    """AWS's 'full jitter': uniform in [0, min(cap, initial * 2**(failures-1))].
+
+    The exponent is capped before exponentiating (2.0 ** 1024 raises OverflowError): past the
+    exponent at which the cap is reached, more failures change nothing.
+    """
+    reach = math.ceil(math.log2(cap / initial)) if cap > initial > 0 else 0
+    exponent = min(max(0, failures - 1), max(0, min(reach, MAX_EXPONENT)))
+    return rand() * min(cap, initial * 2.0**exponent)
 
 
 @dataclass(frozen=True, slots=True)

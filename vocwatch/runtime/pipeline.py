@@ -363,7 +363,11 @@ class Pipeline:
         problem = Problem(
             "rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
         )
-        extra = {"http_status": outcome.status, "server_code": outcome.code, "server_message": outcome.message}
+        extra: dict[str, Any] = {
+            "http_status": outcome.status,
+            "server_code": outcome.code,
+            "server_message": outcome.message,
+        }
         self._fail(
             prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id, **extra
         )
@@ -391,6 +395,17 @@ class Pipeline:
 
     # -- failure -------------------------------------------------------------------------
 
+    def fail_name_too_long(self, claimed: Claimed, exc: OSError) -> Finished:
+        """ENAMETOOLONG is no passing trouble (a retry meets the same name): the pair goes to the top of
+        failed/, where only its own (fitted) names count, with the reason and where it came from."""
+        log = self.log.bind(file=printable(str(claimed.pair.audio)))
+        stem = PurePosixPath(claimed.pair.audio.name).stem
+        problem = name_too_long(str(claimed.pair.audio), exc)
+        path = printable(str(claimed.pair.audio))
+        return self._fail(
+            claimed, problem, log, self.clock.monotonic(), row=None, recording_id=stem, flat=True, path=path
+        )
+
     def _fail_unopened(self, claimed: Claimed, problem: Problem, log: Log, started: float) -> Finished:
         stem = PurePosixPath(claimed.pair.audio.name).stem
         return self._fail(claimed, problem, log, started, row=None, recording_id=stem)
@@ -404,13 +419,14 @@ class Pipeline:
         *,
         row: Row | None,
         recording_id: str,
+        flat: bool = False,
         **extra: Any,
     ) -> Finished:
         error = error_document(
             claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra
         )
         size = claimed.audio.lstat().st_size if os.path.lexists(claimed.audio) else 0
-        dest = self.folders.finish(claimed, Stage.FAILED, error=error)
+        dest = self.folders.finish(claimed, Stage.FAILED, error=error, flat=flat)
         fields: dict[str, Any] = {"last_error": f"{problem.code}: {problem.message}", "destination": str(dest)}
         if row is None:
             self.ledger.record_terminal(recording_id, "", str(claimed.pair.audio), size, State.FAILED, **fields)
@@ -422,6 +438,15 @@ class Pipeline:
         )
         self.recorder.finished("failed")
         return "failed"
+
+
+def name_too_long(rel: str, exc: OSError) -> Problem:
+    """The Problem of a file whose name or path the file system refuses as too long (ENAMETOOLONG)."""
+    return Problem(
+        "name_too_long",
+        f"{printable(rel)}: {exc.strerror or 'File name too long'} where it had to go "
+        "(a name over 255 bytes, or a path over 4096); shorten the file or folder names and drop it again",
+    )
 
 
 def error_document(

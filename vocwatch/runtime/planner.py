@@ -6,6 +6,7 @@ scan (at start and every ``rescan_seconds``) is the truth.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import queue
@@ -23,9 +24,9 @@ from vocwatch.core import pairing
 from vocwatch.core.model import Clock, Pair
 from vocwatch.core.pairing import Key, Rules, printable
 from vocwatch.edges.folders import Claimed, Folders
-from vocwatch.edges.inbox import Inbox
+from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
-from vocwatch.runtime.pipeline import error_document
+from vocwatch.runtime.pipeline import error_document, name_too_long
 from vocwatch.runtime.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, closed, closed_no_write, moved
@@ -72,6 +73,7 @@ class Planner:
         self._ready_set: set[Ready] = set()
         self._leftovers: deque[Claimed] = deque()
         self._rescan_requested = False
+        self._scanned: set[str] = set()
         self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
         self._stop = threading.Event()
         self.scans = 0
@@ -116,6 +118,7 @@ class Planner:
             first = self._hints.get(timeout=max(0.0, min(due - self._clock.monotonic(), 1.0)))
         except queue.Empty:
             return
+        self._scanned = set()  # folders scanned for this batch of hints: each at most once
         self._take_hint(first)
         while True:
             try:
@@ -218,6 +221,8 @@ class Planner:
             return
         if rel == "." or inbox.ignored(rel):
             return
+        if rel.count("/") > MAX_DEPTH:  # inside a folder that scans leave out (scan.too_deep)
+            return
         try:
             st = os.lstat(inbox.path(rel))
         except OSError:
@@ -225,9 +230,17 @@ class Planner:
             return
         now = self._clock.monotonic()
         if stat.S_ISDIR(st.st_mode):
-            if self._opts.recursive:  # a new folder: its files may predate our watch on it
-                for sub, sub_st in inbox.walk(rel):
-                    inbox.observe(sub, sub_st, now)
+            # A new folder: its files may predate our watch on it. Only its own level: what is below it comes
+            # with hints of its own (watchdog reports the content of a new or moved-in folder, a poll reports
+            # every new file), so a hint per level of a deep tree must not walk the whole tree below it.
+            if not self._opts.recursive or rel in self._scanned:
+                return
+            if folder_depth(rel) > MAX_DEPTH:
+                inbox.too_deep(rel)
+                return
+            self._scanned.add(rel)
+            for sub, sub_st in inbox.walk(rel, deep=False):
+                inbox.observe(sub, sub_st, now)
             return
         if "/" in rel and not self._opts.recursive:
             return
@@ -322,15 +335,24 @@ class Planner:
             for rel in rels:  # gone meanwhile: nothing to fail, and no error file for nothing
                 self._inbox.forget(rel)
             return
-        error = error_document(first.name, None, pairing.classify(first.name)[1], expired.problem, self._clock)
+        stem = pairing.classify(first.name)[1]
+        problem = expired.problem
         try:
-            self._folders.fail_in_place(self._root, expired.files, error)
+            try:
+                self._folders.fail_in_place(
+                    self._root, expired.files, error_document(first.name, None, stem, problem, self._clock)
+                )
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                # Permanent (a retry meets the same path): to the top of failed/, saying where they were.
+                problem = name_too_long(str(first), exc)
+                error = error_document(first.name, None, stem, problem, self._clock, path=printable(str(first)))
+                self._folders.fail_in_place(self._root, expired.files, error, flat=True)
         except OSError as exc:
             self._log.error("files.move_failed", file=printable(str(first)), error=str(exc))
             self._schedule(pairing.group_key(first), self._clock.monotonic() + self._opts.rescan_s)
             return
         for rel in rels:
             self._inbox.forget(rel)
-        self._log.warning(
-            "upload.failed", file=printable(str(first)), reason=expired.problem.code, message=expired.problem.message
-        )
+        self._log.warning("upload.failed", file=printable(str(first)), reason=problem.code, message=problem.message)

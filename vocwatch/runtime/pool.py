@@ -7,6 +7,7 @@ watchdog can tell a slow upload whose bytes still move from a stuck one (core/he
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import threading
@@ -218,12 +219,18 @@ class Pool:
             try:
                 state = self._journey(i, item)
             except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
-                self._log.error(
-                    "files.move_failed",
-                    file=str(item.pair.audio),
-                    error=f"{exc.strerror or exc} ({exc.filename or item.root})",
-                    fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
-                )
+                if exc.errno == errno.ENAMETOOLONG:  # permanent: retrying meets the same name
+                    try:
+                        state = self._pipeline.fail_name_too_long(item, exc)
+                    except OSError as again:
+                        exc = again
+                if state == "error":
+                    self._log.error(
+                        "files.move_failed",
+                        file=str(item.pair.audio),
+                        error=f"{exc.strerror or exc} ({exc.filename or item.root})",
+                        fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
+                    )
             except Exception:  # a bug must not kill the worker; the pair stays in work/ for recovery
                 self._log.exception("worker.error", file=str(item.pair.audio))
             finally:
