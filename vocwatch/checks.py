@@ -21,6 +21,7 @@ from vocwatch.config import ConfigError, Settings, api_key_sources, resolve_api_
 from vocwatch.daemon import check_layout
 from vocwatch.model import AuthProblem, Rejected
 from vocwatch.reasons import REASONS
+from vocwatch.watcher import held_open_means
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
 
@@ -127,6 +128,9 @@ def run_checks(args: argparse.Namespace) -> int:
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
         checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
+    # Informational (never FAIL): which means tell that a recorder still holds a file open (pairing.py, rule 3).
+    events = settings.watch.mode != "poll"
+    checks.append(("held-open files", lambda: (True, held_open_means(f.inbox, events=events)[1])))
     checks.append(("ledger", lambda: _ledger(settings)))
     checks.append(("api key", lambda: _key(settings)))
     http = _http(settings)
