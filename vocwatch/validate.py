@@ -183,8 +183,12 @@ CAP_LEASE = 28
 
 
 def has_cap_lease() -> bool:
-    """Whether this process holds CAP_LEASE (effective), which lets it take leases on others' files."""
+    """Whether this process holds CAP_LEASE where it counts: the kernel asks for it in the initial user
+    namespace, so inside another (systemd's PrivateUsers=yes, a container) it never reaches others' files."""
     try:
+        with open("/proc/self/uid_map", encoding="ascii") as uid_map:
+            if uid_map.read().split() != ["0", "0", "4294967295"]:
+                return False
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("CapEff:"):
