@@ -23,6 +23,7 @@ from ingest_support import captured_log, put, put_atomic, sha, sidecar, slow_wri
 
 from vocwatch import pipeline, planner, watcher
 from vocwatch.config import Settings
+from vocwatch.folders import Folders
 from vocwatch.ledger import Ledger
 from vocwatch.model import SystemClock
 from vocwatch.simulator import Simulator
@@ -385,3 +386,45 @@ def test_copy_tools_deliver_a_large_file_once_whole(
         subprocess.run(tool(source, spool.inbox / "big.wav"), check=True, timeout=60)
         wait_for(lambda: (spool.done / "big.wav").exists(), what="the copy taken")
     assert_uploaded_once_whole(spool, sim, "big.wav", data)
+
+
+def test_write_between_the_last_look_and_the_claim_puts_the_pair_back_at_once(
+    spool: Spool, sim: Simulator, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer that appends in the instant between the planner's last look and its rename: the claimed
+    # copy no longer matches what settled, so it goes straight back to the inbox to settle again.
+    data, more = wav_bytes(380, 60_000), b"\x00\x01" * 2000
+    real_claim = Folders.claim
+    raced: list[Path] = []
+
+    def claim_racing_a_writer(self: Folders, pair: Any, origin: Path | None = None) -> Any:
+        claimed = real_claim(self, pair, origin)
+        if claimed is not None and not raced:
+            raced.append(claimed.audio)
+            with open(claimed.audio, "ab") as late:
+                late.write(more)
+        return claimed
+
+    monkeypatch.setattr(Folders, "claim", claim_racing_a_writer)
+    with captured_log() as log, running(make_settings()):
+        put_atomic(spool.inbox / "race.json", sidecar("race"))
+        put_atomic(spool.inbox / "race.wav", data)
+        wait_for(lambda: (spool.done / "race.wav").exists(), what="taken whole on the second claim")
+    assert [line["reason"] for line in log() if line["event"] == "claim.returned"] == ["written while it was claimed"]
+    assert_uploaded_once_whole(spool, sim, "race.wav", data + more)
+
+
+def test_file_found_by_the_first_scan_while_its_writer_holds_it_waits_for_the_close(
+    spool: Spool, sim: Simulator, make_settings: Callable[..., Settings]
+) -> None:
+    # The daemon starts during a recording: no open was seen, only the kernel's lease can tell.
+    data = wav_bytes(381, 40_000)
+    put(spool.inbox / "early.json", sidecar("early"))
+    with holding(spool.inbox / "early.wav", data[:20_000]) as fh, captured_log() as log, running(make_settings()):
+        held = looks(log, "early.wav")
+        wait_for(lambda: held() >= 2, what="looked at twice while held")
+        assert spool.rows() == []
+        fh.write(data[20_000:])
+        fh.close()
+        wait_for(lambda: (spool.done / "early.wav").exists(), what="taken once closed")
+    assert_uploaded_once_whole(spool, sim, "early.wav", data)
