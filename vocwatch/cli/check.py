@@ -18,6 +18,7 @@ from vocwatch.core.model import AuthProblem, Rejected
 from vocwatch.core.reasons import REASONS
 from vocwatch.edges.client import CrescendoClient, build_http, classify_upload
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
+from vocwatch.edges.watcher import held_open_means
 from vocwatch.runtime.daemon import check_layout
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
@@ -147,6 +148,9 @@ def main(args: argparse.Namespace) -> int:
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
         checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
+    # Informational (never FAIL): which means tell that a recorder still holds a file open (pairing.py, rule 3).
+    events = settings.watch.mode != "poll"
+    checks.append(("held-open files", lambda: (True, held_open_means(f.inbox, events=events)[1])))
     checks.append(("ledger", lambda: _ledger(settings)))
     http = _http(settings)
     with contextlib.closing(_client_on(settings, http)) as client:

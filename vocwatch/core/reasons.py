@@ -6,7 +6,13 @@ REASONS: dict[str, str] = {
     "unsupported_format": "The recording is not .mp3 or .wav. Convert it, or keep it out of the inbox.",
     "content_mismatch": "The bytes do not match the extension (no RIFF/WAVE header for .wav, no ID3 tag "
     "or MPEG frame sync for .mp3). Check the recorder's export format.",
-    "empty_file": "The recording has zero bytes. The recorder failed to write it; export it again.",
+    "empty_file": "The recording still had zero bytes when watch.pair_timeout_seconds ran out (an empty file "
+    "waits that long, as a recorder that buffers its output writes nothing for a while). The recorder failed "
+    "to write it; export it again.",
+    "still_open": "A writer still held the recording open, without changing it, watch.settle_seconds + "
+    "watch.pair_timeout_seconds after its last change: the recorder never closed it (hung, or it keeps "
+    "files open after the call). Make it close the file when the call ends; it may still be writing "
+    "into the copy in failed/, so drop it again once it is closed.",
     "too_large": "The recording exceeds upload.max_bytes (the API takes at most 25 MiB). Split or "
     "re-encode it (e.g. mp3 at a lower bit rate).",
     "not_regular_file": "A symlink, FIFO, socket or device was named like a recording or sidecar. "

@@ -8,10 +8,12 @@ import json
 import math
 import os
 import re
+import signal
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vocwatch.core.model import Problem
 
@@ -127,8 +129,7 @@ def open_for_writing(path: Path) -> bool | None:
     """Whether any process has ``path`` open for writing, or None when the kernel will not say:
     a read lease is refused (EAGAIN) exactly while the file is open for writing somewhere.
     """
-    set_lease = getattr(fcntl, "F_SETLEASE", None)
-    if set_lease is None:
+    if getattr(fcntl, "F_SETLEASE", None) is None:
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -137,13 +138,72 @@ def open_for_writing(path: Path) -> bool | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        return fd_open_for_writing(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+# A writer that opens the file while the probe holds its lease breaks it, and the kernel signals the
+# lease holder: SIGIO by default, whose default action ends the process. SIGURG's default is to ignore.
+_LEASE_BREAK_SIGNAL = getattr(signal, "SIGURG", 0)
+
+
+def fd_open_for_writing(fd: int) -> bool | None:
+    """``open_for_writing`` for a descriptor opened read-only (the pipeline's own, after a claim)."""
+    set_lease = getattr(fcntl, "F_SETLEASE", None)
+    if set_lease is None:
+        return None
+    try:
+        set_sig = getattr(fcntl, "F_SETSIG", None)
+        if set_sig is not None:
+            fcntl.fcntl(fd, set_sig, _LEASE_BREAK_SIGNAL)
         fcntl.fcntl(fd, set_lease, fcntl.F_RDLCK)
         fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
     except OSError as exc:
         # EACCES: not the file's owner and no CAP_LEASE; EINVAL, ENOLCK: a filesystem without leases.
         return True if exc.errno == errno.EAGAIN else None
+    return False
+
+
+LeaseReach = Literal["any", "own", "none"]
+
+
+def lease_reach(folder: Path) -> LeaseReach | None:
+    """Which files on ``folder``'s filesystem the read-lease probe can answer for: any (CAP_LEASE), only
+    those vocwatch owns, or none (a filesystem without leases, as NFS and SMB mounts mostly are).
+    None: no file could be made in ``folder`` to ask."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".vocwatch-lease-")
+    except OSError:
+        return None
+    os.close(fd)
+    try:
+        answer = open_for_writing(Path(name))
     finally:
-        os.close(fd)
+        os.unlink(name)
+    if answer is None:
+        return "none"
+    return "any" if has_cap_lease() else "own"
+
+
+CAP_LEASE = 28
+
+
+def has_cap_lease() -> bool:
+    """Whether this process holds CAP_LEASE where it counts: the kernel asks for it in the initial user
+    namespace, so inside another (systemd's PrivateUsers=yes, a container) it never reaches others' files."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as uid_map:
+            if uid_map.read().split() != ["0", "0", "4294967295"]:
+                return False
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_LEASE & 1)
+    except (OSError, ValueError):
+        pass
     return False
 
 

@@ -41,6 +41,7 @@ from vocwatch.edges.validate import (
     MAX_SIDECAR_BYTES,
     build_metadata,
     check_audio,
+    fd_open_for_writing,
     open_regular,
     parse_sidecar,
     read_small,
@@ -185,6 +186,8 @@ class Pipeline:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if _signature(fh) != signature:
             return Unsettled("the recording changed while it was hashed")
+        if fd_open_for_writing(fh.fileno()):  # a writer appeared after the claim (pairing.py, rule 3)
+            return Unsettled("a writer holds the recording open")
         rid = str(metadata["id"])
         log = log.bind(recording_id=rid)
         with self._active_lock:
@@ -314,8 +317,11 @@ class Pipeline:
             idempotency_key=f"{prep.row.recording_id}-{prep.sha256}",
         )
         seconds = self.clock.monotonic() - started
-        if not isinstance(outcome, Accepted) and _signature(prep.fh) != prep.signature:
-            outcome = Unsettled(f"the recording changed during upload ({_reason(outcome)})")
+        if not isinstance(outcome, Accepted):
+            if _signature(prep.fh) != prep.signature:
+                outcome = Unsettled(f"the recording changed during upload ({_reason(outcome)})")
+            elif fd_open_for_writing(prep.fh.fileno()):
+                outcome = Unsettled(f"a writer opened the recording during upload ({_reason(outcome)})")
         if isinstance(outcome, Accepted):
             self._accepted(prep, outcome.job_id, seconds)
         elif isinstance(outcome, Rejected):
