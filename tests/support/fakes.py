@@ -139,3 +139,26 @@ class FailAt:
             self.then()
             return
         raise self.error
+
+
+class QueuePool:
+    """The planner's view of the pool (has_room, offer, owns), as a list a test takes from."""
+
+    def __init__(self, capacity: int = 100) -> None:
+        self.capacity = capacity
+        self.offered: list[object] = []
+
+    def has_room(self) -> bool:
+        return len(self.offered) < self.capacity
+
+    def offer(self, claimed: object) -> bool:
+        if not self.has_room():
+            return False
+        self.offered.append(claimed)
+        return True
+
+    def owns(self, claimed: object) -> bool:
+        return claimed in self.offered
+
+    def take(self) -> object:
+        return self.offered.pop(0)
