@@ -25,6 +25,8 @@ from vocwatch.testing.samples import write_mp3, write_sidecar, write_wav
 from vocwatch.testing.simulator import SimState, Simulator
 
 TENANT = "tenant-test"
+# The throwaway PostgreSQL cluster (pg_cluster, pg_url) for the fleet tests.
+pytest_plugins = ["support.pg"]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

@@ -1,4 +1,4 @@
-"""A spool, a real SQLite ledger and the real pipeline around an in-memory uploader: one process's parts.
+"""A spool, a real ledger (SQLite, or the fleet's PostgreSQL one with ``ledger_url``) and the real pipeline around an in-memory uploader: one process's parts.
 
 ``start()`` is a process starting (recovery included), ``crash()`` one dying: every object is dropped, the
 files and the ledger file stay. Pairs are journeyed one at a time, as a worker would.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,6 +24,8 @@ from vocwatch.core.states import Stage
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledger_pg import PgLedger
+from vocwatch.edges.ledgers import LedgerStore
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions, Prepared
 from vocwatch.runtime.poller import StatusPoller
 from vocwatch.runtime.recovery import recover
@@ -41,8 +44,9 @@ class _Answer:
 @dataclass
 class Process:
     folders: Folders
-    ledger: Ledger
+    ledger: LedgerStore
     pipeline: Pipeline
+    holder_alive: Callable[[str], bool]
 
     def close(self) -> None:
         self.ledger.close()
@@ -59,6 +63,8 @@ class World:
     require_sidecar: bool = True
     process: Process | None = None
     log: Any = QUIET
+    ledger_url: str | None = None  # the fleet ledger instead of ledger.sqlite3
+    pg_schema: str = "vocwatch"
 
     @property
     def inbox(self) -> Path:
@@ -78,7 +84,14 @@ class World:
         folders.ensure()
         self.inbox.mkdir(parents=True, exist_ok=True)
         assert folders.lock()
-        ledger = Ledger(self.root / "ledger.sqlite3", self.clock, holder=self.holder)
+        ledger: LedgerStore
+        alive = folders.holder_alive
+        if self.ledger_url is None:
+            ledger = Ledger(self.root / "ledger.sqlite3", self.clock, holder=self.holder)
+        else:
+            pg = PgLedger(self.ledger_url, self.clock, holder=self.holder, schema=self.pg_schema)
+            assert pg.acquire_lease()
+            ledger, alive = pg, pg.lease_alive
         options = PipelineOptions(
             max_bytes=25 * 1024 * 1024,
             defaults={},
@@ -95,8 +108,9 @@ class World:
             options=options,
             recorder=NullRecorder(),
             log=self.log,
+            holder_alive=alive,
         )
-        self.process = Process(folders, ledger, pipeline)
+        self.process = Process(folders, ledger, pipeline, alive)
         recover(self.process, QUIET)
         return self.process
 

@@ -100,6 +100,7 @@ class Row:
     created_at: float
     updated_at: float
     holder: str | None = None
+    host: str | None = None  # the instance that last held it (the fleet ledger); a SQLite ledger is one host's
 
     def export(self) -> dict[str, Any]:
         """The public row shape of ``vocwatch ledger export`` and ``ledger list --json``."""
@@ -118,6 +119,7 @@ class Row:
             "duplicate_of": self.duplicate_of,
             "destination": self.destination,
             "holder": self.holder,
+            "host": self.host,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

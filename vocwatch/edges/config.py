@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,22 @@ class FoldersSettings(_Section):
 
 class LedgerSettings(_Section):
     path: Path = Path("/var/lib/vocwatch/ledger.sqlite3")
+    # The fleet ledger instead of the file: a libpq URL (postgresql://USER@HOST/DB?sslmode=verify-full);
+    # PG* environment variables fill in what it leaves out. No password here: see password_file.
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    pg_schema: str = Field(default="vocwatch", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    password_file: Path | None = None  # else $CREDENTIALS_DIRECTORY/ledger-password, else libpq's own
+    lease_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "holds a password; put it in ledger.password_file or the systemd credential "
+                "ledger-password (or libpq's ~/.pgpass) instead"
+            )
+        return value
 
 
 class UploadSettings(_Section):

@@ -298,6 +298,30 @@ class Folders:
                 for rel in members:
                     yield Claimed(Pair(rel, None), self.work, self.inbox), False
 
+    def adopt(self, holder: str) -> tuple[int, int]:
+        """Take the pairs of the gone process ``holder`` into this work folder, each at the same relative
+        name (the name its ledger rows know), sidecar first as a claim does. A name already taken here is
+        left where it is for a later pass. Returns (files moved, files left)."""
+        theirs = self.work.parent / holder
+        if holder == self.work.name or not theirs.is_dir():
+            return 0, 0
+        moved = left = 0
+        names = [Path(d, n) for d, files in walk_files(theirs) for n in files]
+        names.sort(key=lambda p: (classify(p.name)[0] != "sidecar", str(p)))
+        targets: set[Path] = set()
+        for src in names:
+            dst = self.work / src.relative_to(theirs)
+            if os.path.lexists(dst):
+                left += 1
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            point(Effect.RENAME, dst)
+            os.rename(src, dst)  # one share, so one filesystem (check_layout)
+            targets.add(dst.parent)
+            moved += 1
+        _fsync_dirs(targets | {p.parent for p in names})
+        return moved, left
+
 
 def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:
     """(folder, the names of its files) for ``top`` and every folder below it, as os.walk lists them but

@@ -127,6 +127,11 @@ class Backfill:
         """Recover work/, then claim and offer every ready pair; returns once idle or drained."""
         s = self.summary
         pool = self.parts.pool
+        lease = self.parts.lease
+        if lease is not None:  # the fleet ledger: claims need a live lease (it takes over no peer)
+            if not lease.acquire():
+                return self._drain()
+            lease.start()
         pool.start()
         leftovers = self._recover()
         s.total = len(leftovers) + sum(len(ready) + len(expired) for _, ready, expired in batches)
@@ -201,6 +206,9 @@ class Backfill:
                 note="still running after upload.shutdown_grace_seconds; left in work/, the next "
                 "'vocwatch upload' sends them again with the same Idempotency-Key",
             )
+        if self.parts.lease is not None:
+            self.parts.lease.cancel()
+            self.parts.lease.join(self.parts.clock.monotonic() + SHUTDOWN_MARGIN_S)
         s.put_back += sum(1 for state in s.outcomes.values() if state == "released")
         self._on_progress(s.done_count)
         self._origins.tidy()

@@ -20,13 +20,15 @@ from vocwatch.edges.client import CrescendoClient, build_http
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
 from vocwatch.edges.folders import Folders
-from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledger_pg import PgLedger
+from vocwatch.edges.ledgers import HolderAlive, LedgerStore, open_ledger
 from vocwatch.edges.logs import SCRUB
 from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
 from vocwatch.edges.stats import Stats
 from vocwatch.edges.stats import serve as serve_metrics
 from vocwatch.edges.watcher import Watcher
 from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.lease import LeaseKeeper
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
 from vocwatch.runtime.planner import Planner, ScanOptions
 from vocwatch.runtime.poller import StatusPoller
@@ -47,12 +49,16 @@ class Parts:
     settings: Settings
     clock: Clock
     folders: Folders
-    ledger: Ledger
+    ledger: LedgerStore
     client: CrescendoClient
     gate: Gate
     pipeline: Pipeline
     pool: Pool
     stats: Stats
+    # Is another process that holds ledger rows alive? Its work folder's flock (one host, SQLite), or
+    # its lease in the fleet ledger (PostgreSQL: any host).
+    holder_alive: HolderAlive
+    lease: LeaseKeeper | None = None  # the fleet ledger's lease service
 
     def close(self) -> None:
         self.client.close()
@@ -111,7 +117,12 @@ def build(
         failed=f.failed,
         uploaded=f.uploaded_root,
     )
-    ledger = Ledger(settings.ledger.path, clock, holder=work.name)
+    ledger = open_ledger(settings.ledger, clock, holder=work.name, wait=True)
+    lease: LeaseKeeper | None = None
+    holder_alive: HolderAlive = folders.holder_alive
+    if isinstance(ledger, PgLedger):
+        lease = LeaseKeeper(ledger, folders, clock, takeover=instance is None)
+        holder_alive = ledger.lease_alive
 
     def key() -> Any:
         secret = resolve_api_key(settings)
@@ -145,7 +156,15 @@ def build(
         require_sidecar=settings.watch.require_sidecar,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
     )
-    pipeline = Pipeline(folders=folders, client=client, ledger=ledger, clock=clock, options=options, recorder=stats)
+    pipeline = Pipeline(
+        folders=folders,
+        client=client,
+        ledger=ledger,
+        clock=clock,
+        options=options,
+        recorder=stats,
+        holder_alive=holder_alive,
+    )
     pool = Pool(
         pipeline,
         gate,
@@ -154,7 +173,7 @@ def build(
         clock=clock,
         give_up_after_s=up.give_up_after_seconds,
     )
-    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats)
+    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats, holder_alive, lease)
 
 
 def require_key(settings: Settings) -> None:
@@ -193,6 +212,8 @@ class Daemon:
             ),
         )
         p.pool.on_idle = self.planner.hint
+        if p.lease is not None:
+            p.lease.on_adopted = lambda: self.planner.hint("", "rescan")
         st = settings.status
         self.poller = StatusPoller(
             ledger=p.ledger,
@@ -230,6 +251,8 @@ class Daemon:
     def _services(self) -> list[Service]:
         """In start order; they stop in reverse: intake first, then the uploads' drain, the poller, metrics."""
         services: list[Service] = []
+        if self.parts.lease is not None:  # first up, last down: claims end before the renewals do
+            services.append(self.parts.lease)
         listen = self.settings.metrics.listen
         if listen:
             stop_metrics: list[Callable[[], None]] = []
@@ -249,6 +272,8 @@ class Daemon:
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
+        if self.parts.lease is not None and not self.parts.lease.alive:
+            self.parts.lease.cancel()  # still waiting for its first lease: stop waiting
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -267,6 +292,9 @@ class Daemon:
             )
             p.close()
             return EX_TEMPFAIL
+        if p.lease is not None and not p.lease.acquire():
+            p.close()  # asked to stop while waiting for a lease: nothing was claimed
+            return 0
         self.recover_ledger()
         self.supervisor.start()
         self.notifier.notify("READY=1\nSTATUS=" + self.status_line())
@@ -306,6 +334,10 @@ class Daemon:
         # dropped) is not: a restart cannot bring it back, so it shows in STATUS and the logs instead,
         # while the planner keeps rescanning and the watcher keeps trying.
         stall = self.health()
+        down = self._ledger_problem()
+        if stall is not None and down is not None:
+            # Workers and the poller wait for the database; a restart cannot bring it back (as for a lost inbox).
+            stall = None
         if stall != self.unhealthy:
             if stall is None:
                 self.log.info("daemon.healthy", was=self.unhealthy)
@@ -324,6 +356,8 @@ class Daemon:
         grace = self.settings.upload.shutdown_grace_seconds
         self.notifier.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((grace + 10) * 1e6)}")
         self.log.info("daemon.stopping", in_flight=self.parts.pool.busy, grace_s=grace)
+        if isinstance(self.parts.ledger, PgLedger) and self.parts.ledger.problem is not None:
+            self.parts.ledger.interrupt()  # the database is down: waiting for it would outlast any grace
         alive = self.supervisor.stop(self.parts.clock.monotonic() + grace + SHUTDOWN_MARGIN_S)
         if alive:
             # Closing the ledger or the HTTP client under a live thread would fail its upload midway.
@@ -357,12 +391,21 @@ class Daemon:
         counts = p.stats.snapshot()
         gate = p.gate.state()
         state = "auth paused" if gate.auth_paused else ("backing off" if gate.open else "ok")
+        down = self._ledger_problem()
+        if down is not None:
+            state = f"ledger unreachable ({down}), claims paused" + ("" if state == "ok" else f", {state}")
+        elif p.lease is not None and p.lease.lost:
+            state = "lease taken over, waiting for a new one" + ("" if state == "ok" else f", {state}")
         if self.watcher.problem:  # say why nothing new is taken, not "ok"
             state = f"watcher down: {self.watcher.problem}" + ("" if state == "ok" else f", {state}")
         return (
             f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"
         )
+
+    def _ledger_problem(self) -> str | None:
+        ledger = self.parts.ledger
+        return ledger.problem if isinstance(ledger, PgLedger) else None
 
 
 def _version() -> str:

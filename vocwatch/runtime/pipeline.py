@@ -34,7 +34,7 @@ from vocwatch.core.reasons import REASONS
 from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.client import metadata_json
 from vocwatch.edges.folders import Claimed, Folders
-from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledgers import HolderAlive, LedgerStore
 from vocwatch.edges.validate import (
     CONTENT_TYPES,
     HEAD_BYTES,
@@ -102,11 +102,12 @@ class Pipeline:
         *,
         folders: Folders,
         client: Uploader,
-        ledger: Ledger,
+        ledger: LedgerStore,
         clock: Clock,
         options: PipelineOptions,
         recorder: Recorder,
         log: Log | None = None,
+        holder_alive: HolderAlive | None = None,
     ) -> None:
         self.folders = folders
         self.client = client
@@ -121,6 +122,8 @@ class Pipeline:
         self._active_lock = threading.Lock()
         self._stopping = threading.Event()
         self.me = ledger.holder or folders.work.name
+        # Liveness of another row holder: its work folder's flock by default, its lease in the fleet ledger.
+        self.holder_alive = holder_alive or folders.holder_alive
 
     def stop(self) -> None:
         """Stop waiting for recordings that another process holds (shutdown)."""
@@ -217,7 +220,7 @@ class Pipeline:
 
     def _alive(self, rows: list[Row]) -> frozenset[str]:
         holders = {r.holder for r in rows if r.holder and r.holder != self.me}
-        return frozenset(h for h in holders if self.folders.holder_alive(h))
+        return frozenset(h for h in holders if self.holder_alive(h))
 
     def _linked(self, claimed: Claimed, rows: list[Row]) -> frozenset[int]:
         return frozenset(r.id for r in rows if r.destination and _same_file(claimed.audio, Path(r.destination)))

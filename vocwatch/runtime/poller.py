@@ -14,7 +14,7 @@ from vocwatch.core.model import Clock, Pair, Problem, Rejected
 from vocwatch.core.states import FINAL_JOB, JobState, Row, Stage, State
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
-from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledgers import LedgerStore
 from vocwatch.runtime.pipeline import error_document
 
 
@@ -26,7 +26,7 @@ class StatusPoller:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: LedgerStore,
         client: StatusSource,
         clock: Clock,
         folders: Folders,

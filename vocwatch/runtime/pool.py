@@ -20,6 +20,8 @@ import structlog
 from vocwatch.core.health import Worker, WorkerState
 from vocwatch.core.model import AuthProblem, Clock, Retry
 from vocwatch.edges.folders import Claimed
+from vocwatch.edges.ledger import StaleRowError
+from vocwatch.edges.ledger_pg import LedgerUnavailableError
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
 
@@ -231,6 +233,11 @@ class Pool:
                         error=f"{exc.strerror or exc} ({exc.filename or item.root})",
                         fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
                     )
+            except (StaleRowError, LedgerUnavailableError) as exc:
+                # Its row moved under us: a peer took it over (with its files, in the fleet), or the database
+                # went away at shutdown. Nothing is sent; what is left in work/ is decided again at a rescan.
+                self._log.info("claim.let_go", file=str(item.pair.audio), reason=str(exc))
+                state = "released"
             except Exception:  # a bug must not kill the worker; the pair stays in work/ for recovery
                 self._log.exception("worker.error", file=str(item.pair.audio))
             finally:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from vocwatch.core.journey import RowSeen, RowStep, decide_row
 from vocwatch.core.states import Row, State
 from vocwatch.edges.folders import Folders
-from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledgers import HolderAlive, LedgerStore
 
 
 class Parts(Protocol):
@@ -24,7 +24,10 @@ class Parts(Protocol):
     def folders(self) -> Folders: ...
 
     @property
-    def ledger(self) -> Ledger: ...
+    def ledger(self) -> LedgerStore: ...
+
+    @property
+    def holder_alive(self) -> HolderAlive: ...
 
 
 def observe(parts: Parts, row: Row) -> RowSeen:
@@ -33,7 +36,7 @@ def observe(parts: Parts, row: Row) -> RowSeen:
     destination = None
     if row.destination and os.path.lexists(row.destination):
         destination = folders.stage_of(Path(row.destination))
-    mine = row.holder is None or row.holder == parts.ledger.holder or not folders.holder_alive(row.holder)
+    mine = row.holder is None or row.holder == parts.ledger.holder or not parts.holder_alive(row.holder)
     return RowSeen(in_work=in_work, destination=destination, mine=mine)
 
 
