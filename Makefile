@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fleet lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ demo: $(STAMP)
 # The writer tests copy with rsync (temp file + rename, and --inplace); CI is a bare Debian without it.
 test: $(STAMP)
 	command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; } || echo "rsync is missing and could not be installed (not root?): its writer tests skip"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not fleet"
+
+# The fleet tests (marker "fleet"): real daemons on one PostgreSQL ledger, on a throwaway cluster that
+# tests/support/pg.py initdb's from Debian's server binaries (installed here when missing, as root).
+test-fleet: $(STAMP)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || echo "PostgreSQL is missing and could not be installed (not root?): the fleet tests skip"
+	$(BIN)/python -m pytest -q -m fleet
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

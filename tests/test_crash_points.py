@@ -15,8 +15,8 @@ from support.fakes import Crash, CrashAt
 from support.world import World
 
 from vocwatch.core.states import FINAL, Stage
-from vocwatch.edges.ledger_pg import PgLedger
 from vocwatch.edges.effects import listening
+from vocwatch.edges.ledger_pg import PgLedger
 
 DROPS = [("a.wav", "rec-a", b"RIFF" + b"a" * 300), ("b.wav", "rec-b", b"RIFF" + b"b" * 500)]
 

@@ -7,6 +7,7 @@ owns the cluster's folder. Trust authentication on 127.0.0.1 and the cluster's o
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -89,10 +90,8 @@ class Cluster:
         return self.url(name)
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

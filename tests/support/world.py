@@ -1,4 +1,5 @@
-"""A spool, a real ledger (SQLite, or the fleet's PostgreSQL one with ``ledger_url``) and the real pipeline around an in-memory uploader: one process's parts.
+"""A spool, a real ledger (SQLite, or the fleet's PostgreSQL one with ``ledger_url``) and the real pipeline
+around an in-memory uploader: one process's parts.
 
 ``start()`` is a process starting (recovery included), ``crash()`` one dying: every object is dropped, the
 files and the ledger file stay. Pairs are journeyed one at a time, as a worker would.

@@ -1,4 +1,5 @@
-"""``vocwatch ledger export | list | show``: answers to "did recording X arrive, and did its job complete?"."""
+"""``vocwatch ledger export | list | show | migrate``: "did recording X arrive, from which host, and did its
+job complete?", for one host's SQLite ledger or the whole fleet's PostgreSQL one."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from vocwatch.cli.common import EX_NOINPUT, settings_from
 from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.config import Settings
 from vocwatch.edges.ledger import Ledger, Row
+from vocwatch.edges.ledgers import LedgerStore, describe, open_ledger
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -26,9 +30,22 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def dispatch(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
+def with_host(rows: list[Row] | Any, host: str | None, fallback: str | None) -> list[Row]:
+    """Each row with its ``host``: the fleet ledger records it; a SQLite ledger is one host's (``fallback``,
+    its instance, unless the row names a holder). Only ``host``'s rows if given."""
+    out = []
+    for row in rows:
+        if row.host is None and fallback is not None:
+            row = replace(row, host=row.holder or fallback)
+        if host is None or row.host == host or row.holder == host:
+            out.append(row)
+    return out
+
+
+def dispatch(args: argparse.Namespace, book: LedgerStore, out: IO[str], fallback_host: str | None = None) -> int:
+    host = getattr(args, "host", None)
     if args.ledger_command == "export":
-        write(out, [row.export() for row in book.iter_all()], args.format)
+        write(out, [row.export() for row in with_host(book.iter_all(), host, fallback_host)], args.format)
         return 0
     if args.ledger_command == "list":
         try:
@@ -36,13 +53,13 @@ def dispatch(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
         except ValueError as exc:
             print(f"vocwatch: {exc}", file=out)
             return 64
-        rows = book.rows(state=args.state, since=since, recording_id=args.recording)
+        rows = with_host(book.rows(state=args.state, since=since, recording_id=args.recording), host, fallback_host)
         if args.json or not out.isatty():
             write(out, [row.export() for row in rows], "jsonl")
         else:
             table(out, rows)
         return 0
-    rows = book.lookup(args.ident)
+    rows = with_host(book.lookup(args.ident), host, fallback_host)
     if not rows:
         print(f"no recording or job {args.ident!r} in the ledger", file=out)
         return 1
@@ -67,10 +84,11 @@ def _when(ts: float | None) -> str:
 
 
 def table(out: IO[str], rows: list[Row]) -> None:
-    head = ("RECORDING", "STATE", "JOB", "JOB STATUS", "ATTEMPTS", "UPDATED (UTC)", "FILE")
+    head = ("RECORDING", "HOST", "STATE", "JOB", "JOB STATUS", "ATTEMPTS", "UPDATED (UTC)", "FILE")
     cells = [
         (
             r.recording_id,
+            r.host or "-",
             r.state,
             r.job_id or r.duplicate_of or "-",
             r.job_status or "-",
@@ -85,7 +103,7 @@ def table(out: IO[str], rows: list[Row]) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
 
 
-def show(out: IO[str], book: Ledger, row: Row) -> None:
+def show(out: IO[str], book: LedgerStore, row: Row) -> None:
     for key, value in row.export().items():
         if key.endswith("_at") and isinstance(value, float):
             value = _when(value)
@@ -99,14 +117,46 @@ def show(out: IO[str], book: Ledger, row: Row) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     path = settings.ledger.path
-    if not path.exists():
+    if args.ledger_command == "migrate":
+        return migrate(settings, args.to, sys.stdout)
+    if settings.ledger.url is None and not path.exists():
         print(
             f"vocwatch: no ledger at {path} (ledger.path); nothing has been uploaded with this config yet",
             file=sys.stderr,
         )
         return EX_NOINPUT
-    book = Ledger(path, SystemClock())
+    book = open_ledger(settings.ledger, SystemClock())
     try:
-        return dispatch(args, book, sys.stdout)
+        return dispatch(args, book, sys.stdout, None if settings.ledger.url else settings.instance)
     finally:
         book.close()
+
+
+def migrate(settings: Settings, url: str, out: IO[str]) -> int:
+    """Copy this host's SQLite ledger (ledger.path) into the fleet ledger at ``url``, every row once: a row
+    already copied (by its origin, this instance and its row id) is skipped, so running it twice is safe."""
+    path = settings.ledger.path
+    if not path.exists():
+        print(f"vocwatch: no ledger at {path} (ledger.path): nothing to migrate", file=sys.stderr)
+        return EX_NOINPUT
+    from vocwatch.edges.ledger_pg import PgLedger
+
+    target_settings = settings.ledger.model_copy(update={"url": url})
+    source = Ledger(path, SystemClock(), readonly=True)
+    target = open_ledger(target_settings, SystemClock())
+    assert isinstance(target, PgLedger)
+    try:
+        host = settings.instance
+        rows = [(row, source.events(row.id)) for row in source.iter_all()]
+        added = 0
+        for start in range(0, len(rows), 500):
+            added += target.import_rows(rows[start : start + 500], origin=f"sqlite:{host}", host=host)
+    finally:
+        source.close()
+        target.close()
+    print(
+        f"migrated {path} into {describe(target_settings)}: {added} rows added, {len(rows) - added} already there "
+        f"(host {host})",
+        file=out,
+    )
+    return 0

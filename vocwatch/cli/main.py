@@ -13,6 +13,7 @@ from vocwatch import __version__
 from vocwatch.cli.common import EX_CONFIG
 from vocwatch.edges.config import ConfigError
 from vocwatch.edges.ledger import LedgerError
+from vocwatch.edges.ledger_pg import PgLedgerError
 
 Handler = Callable[[argparse.Namespace], int]
 # command -> the module under vocwatch.cli whose ``main(args)`` runs it
@@ -52,15 +53,23 @@ def _parser() -> argparse.ArgumentParser:
     export = lsub.add_parser("export", help="Print every ledger row as JSON lines or CSV.")
     export.add_argument("--config", type=Path, metavar="PATH")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--host", metavar="INSTANCE", help="only rows of this host (instance), in a fleet ledger")
     lst = lsub.add_parser("list", help="List ledger rows: a table on a terminal, JSON lines otherwise.")
     lst.add_argument("--config", type=Path, metavar="PATH")
     lst.add_argument("--state", help="only rows in this state (claimed, uploading, accepted, done, failed, ...)")
     lst.add_argument("--since", metavar="DURATION", help="only rows changed within DURATION (e.g. 90s, 15m, 2h, 7d)")
     lst.add_argument("--recording", metavar="ID", help="only this recording id")
     lst.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    lst.add_argument("--host", metavar="INSTANCE", help="only rows of this host (instance), in a fleet ledger")
     show = lsub.add_parser("show", help="Show one recording (by recording id or job id) with its history.")
     show.add_argument("--config", type=Path, metavar="PATH")
     show.add_argument("ident", metavar="ID")
+    show.add_argument("--host", metavar="INSTANCE", help="only rows of this host (instance), in a fleet ledger")
+    migrate = lsub.add_parser(
+        "migrate", help="Copy this host's SQLite ledger into the fleet ledger (PostgreSQL); safe to run twice."
+    )
+    migrate.add_argument("--config", type=Path, metavar="PATH")
+    migrate.add_argument("--to", required=True, metavar="URL", help="the fleet ledger, postgresql://USER@HOST/DB")
 
     sim = command("simulate", "Serve a Crescendo-compatible VOC API on loopback (for demos and tests).", config=False)
     sim.add_argument("--host", default="127.0.0.1")
@@ -117,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"vocwatch: config error: {problem}", file=sys.stderr)
         return EX_CONFIG
-    except LedgerError as exc:
+    except (LedgerError, PgLedgerError) as exc:
         # Not a restart's to fix (the unit's RestartPreventExitStatus=78): an operator must act on the file.
         print(f"vocwatch: {exc}", file=sys.stderr)
         return os.EX_CONFIG

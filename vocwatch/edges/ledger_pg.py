@@ -194,6 +194,12 @@ class PgLedger:
             if not self._readonly:
                 self._migrate(conn)
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            # A daemon paused or cut off inside a transaction must not hold its row locks for the server's
+            # TCP timeout (hours): the server ends such a session, and a lock wait here ends too (and is retried).
+            idle = int(1000 * min(max(self.lease_seconds / 3, 1.0), 10.0))
+            conn.execute(sql.SQL("SET idle_in_transaction_session_timeout = {}").format(sql.Literal(idle)))
+            conn.execute("SET lock_timeout = 5000")
+            conn.execute("SET statement_timeout = 30000")
             if self._readonly:
                 conn.execute("SET default_transaction_read_only = on")
         except BaseException:
