@@ -47,6 +47,12 @@ class Stats:
     def job_status(self, status: str) -> None:
         self._jobs.labels(status).inc()
 
+    def identify(self, instance: str, ledger: str) -> None:
+        """``vocwatch_instance_info{instance, ledger}``: which daemon of a fleet these metrics are."""
+        prom.Info("vocwatch_instance", "This daemon's instance and ledger backend", registry=self.registry).info(
+            {"instance": instance, "ledger": ledger}
+        )
+
     def live(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (queue depth, in flight, auth paused)."""
         prom.Gauge(name, help_text, registry=self.registry).set_function(read)

@@ -231,6 +231,14 @@ class Daemon:
         p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)
         p.stats.live("vocwatch_pending_files", "Files seen in the inbox, not yet claimed", lambda: self.planner.pending)
         p.stats.live("vocwatch_auth_paused", "1 while the API refuses the key", lambda: p.gate.state().auth_paused)
+        pg = p.ledger if isinstance(p.ledger, PgLedger) else None
+        p.stats.identify(settings.instance, "sqlite" if pg is None else "postgresql")
+        if pg is not None and p.lease is not None:
+            lease = p.lease
+            p.stats.live(
+                "vocwatch_ledger_reachable", "0 while the fleet ledger cannot be reached", lambda: pg.problem is None
+            )
+            p.stats.live("vocwatch_lease_held", "0 while this daemon's lease was taken over", lambda: not lease.lost)
         self.watcher = Watcher(
             settings.folders.inbox,
             self.planner.hint,
