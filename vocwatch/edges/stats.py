@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import prometheus_client as prom
 
+from vocwatch.core.model import End
+
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -34,7 +36,7 @@ class Stats:
         with self._lock:
             self.outcomes[state] += 1
         self._uploads.labels(state).inc()
-        if state == "done":
+        if state == End.DONE:
             self._bytes.inc(nbytes)
             self._duration.observe(seconds)
             self._last.set(time.time())

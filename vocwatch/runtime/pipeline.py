@@ -28,9 +28,9 @@ from vocwatch.core.journey import (
     decide,
     decide_lone,
 )
-from vocwatch.core.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
+from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Outcome, Problem, Rejected, Retry, Unsettled
 from vocwatch.core.pairing import classify, printable
-from vocwatch.core.reasons import REASONS
+from vocwatch.core.reasons import REASONS, Reason
 from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.client import metadata_json
 from vocwatch.edges.folders import Claimed, Folders
@@ -89,7 +89,7 @@ class Prepared:
     started: float  # monotonic time the journey began, for the outcome's duration
 
 
-Finished = Literal["done", "failed", "duplicate", "released"]
+Finished = Literal[End.DONE, End.FAILED, End.DUPLICATE, End.RELEASED]
 # How often a worker looks again at a recording that another live process holds open.
 BUSY_POLL_S = 0.2
 # Compare-and-set misses in a row before a pair is put back to be taken again later.
@@ -135,7 +135,7 @@ class Pipeline:
         started = self.clock.monotonic()
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
-            return "released"
+            return End.RELEASED
         if claimed.sidecar is None:
             lone = self._settle_lone(claimed, log)
             if lone is not None:
@@ -147,7 +147,7 @@ class Pipeline:
         try:
             ready = self._validate(claimed, fh, log, started)
         except OSError as exc:
-            ready = Problem("unreadable", f"{claimed.pair.audio.name}: {exc.strerror or exc}")
+            ready = Problem(Reason.UNREADABLE, f"{claimed.pair.audio.name}: {exc.strerror or exc}")
         except BaseException:
             fh.close()
             raise
@@ -244,18 +244,18 @@ class Pipeline:
             elif isinstance(step, FinishMove):
                 # A crash fell between committing the job id and moving the files: finish the move.
                 self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
-                return "done"
+                return End.DONE
             elif isinstance(step, DropCopies):
                 # A power cut kept the move's link at the destination but lost the unlink from work/.
                 assert step.row.destination is not None
                 self.folders.forget_copies(claimed, Path(step.row.destination))
                 log.info("recover.dropped_copy", job_id=step.row.job_id, destination=step.row.destination)
-                return "done"
+                return End.DONE
             elif isinstance(step, Duplicate):
                 return self._duplicate(claimed, step.of, rid, digest, size, log)
             elif isinstance(step, Conflict):
                 return Problem(
-                    "conflict",
+                    Reason.CONFLICT,
                     f"recording id {rid} was already uploaded with different content (job {', '.join(step.jobs)}); "
                     'give this recording its own id, or set upload.on_conflict = "upload"',
                 )
@@ -270,8 +270,8 @@ class Pipeline:
             rid, digest, str(claimed.pair.audio), size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
         )
         log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
-        self.recorder.finished("duplicate")
-        return "duplicate"
+        self.recorder.finished(End.DUPLICATE)
+        return End.DUPLICATE
 
     def _settle_lone(self, claimed: Claimed, log: Log) -> Finished | None:
         """A recording in work/ without its sidecar beside it: finish a half-done move (the sidecar moves
@@ -290,17 +290,17 @@ class Pipeline:
         if isinstance(step, FinishMove):
             log.info("recover.half_moved", job_id=step.row.job_id, destination=step.row.destination)
             self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
-            return "done"
+            return End.DONE
         if isinstance(step, DropCopies):
             assert step.row.destination is not None
             self.folders.forget_copies(claimed, Path(step.row.destination))
-            return "done"
+            return End.DONE
         if isinstance(step, Busy):
-            return "released"  # its holder finishes it
+            return End.RELEASED  # its holder finishes it
         if self.options.require_sidecar or classify(claimed.pair.audio.name)[0] != "audio":
             log.info("claim.half_returned")
             self.folders.release(claimed)
-            return "released"
+            return End.RELEASED
         return None
 
     # -- one attempt ---------------------------------------------------------------------
@@ -351,7 +351,7 @@ class Pipeline:
         self.finish_accepted(prep.claimed, prep.row, log)
         size = prep.signature[0]
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
-        self.recorder.finished("done", nbytes=size, seconds=seconds)
+        self.recorder.finished(End.DONE, nbytes=size, seconds=seconds)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
         """Move an accepted pair to its recorded destination and mark it done (also crash recovery)."""
@@ -367,7 +367,7 @@ class Pipeline:
     def _rejected(self, prep: Prepared, outcome: Rejected) -> None:
         prep.fh.close()
         problem = Problem(
-            "rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
+            Reason.REJECTED, f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
         )
         extra: dict[str, Any] = {
             "http_status": outcome.status,
@@ -380,7 +380,9 @@ class Pipeline:
 
     def give_up(self, prep: Prepared, waited_s: float, last: str) -> None:
         prep.fh.close()
-        problem = Problem("gave_up", f"transient errors for {waited_s:.0f} s (last: {last}); drop it again to retry")
+        problem = Problem(
+            Reason.GAVE_UP, f"transient errors for {waited_s:.0f} s (last: {last}); drop it again to retry"
+        )
         self._fail(prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id)
 
     def release(self, prep: Prepared, why: str) -> None:
@@ -396,8 +398,8 @@ class Pipeline:
         else:
             self.folders.release(claimed)
             log.info("upload.released", reason=why.reason)
-        self.recorder.finished("released")
-        return "released"
+        self.recorder.finished(End.RELEASED)
+        return End.RELEASED
 
     # -- failure -------------------------------------------------------------------------
 
@@ -442,14 +444,14 @@ class Pipeline:
         log.warning(
             "upload.failed", reason=problem.code, message=problem.message, destination=str(dest), bytes=size, ms=ms
         )
-        self.recorder.finished("failed")
-        return "failed"
+        self.recorder.finished(End.FAILED)
+        return End.FAILED
 
 
 def name_too_long(rel: str, exc: OSError) -> Problem:
     """The Problem of a file whose name or path the file system refuses as too long (ENAMETOOLONG)."""
     return Problem(
-        "name_too_long",
+        Reason.NAME_TOO_LONG,
         f"{printable(rel)}: {exc.strerror or 'File name too long'} where it had to go "
         "(a name over 255 bytes, or a path over 4096); shorten the file or folder names and drop it again",
     )

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import structlog
 
 from vocwatch.core.model import Clock, Pair, Problem, Rejected
+from vocwatch.core.reasons import Reason
 from vocwatch.core.states import FINAL_JOB, JobState, Row, Stage, State
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
@@ -166,10 +167,10 @@ class StatusPoller:
             self._ledger.transition(row, State.DONE, destination=str(dest))
             return
         if row.job_status == JobState.UNKNOWN:
-            problem = Problem("job_unknown", row.job_error or f"Crescendo no longer knows job {row.job_id}")
+            problem = Problem(Reason.JOB_UNKNOWN, row.job_error or f"Crescendo no longer knows job {row.job_id}")
         else:
             problem = Problem(
-                "job_failed", f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
+                Reason.JOB_FAILED, f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
             )
         fields = {"last_error": f"{problem.code}: {problem.message}"}
         if claimed is not None:
