@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from vocwatch.cli.common import EX_NOINPUT, settings_from
+from vocwatch.cli.common import EX_NOINPUT, EX_USAGE, settings_from
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.ledger import Ledger, Row
 
@@ -35,7 +35,7 @@ def dispatch(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
             since = time.time() - parse_duration(args.since) if args.since else None
         except ValueError as exc:
             print(f"vocwatch: {exc}", file=out)
-            return 64
+            return EX_USAGE
         rows = book.rows(state=args.state, since=since, recording_id=args.recording)
         if args.json or not out.isatty():
             write(out, [row.export() for row in rows], "jsonl")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vocwatch: {exc}", file=sys.stderr)
         return os.EX_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT  # the shell's convention for a command ended by ^C
 
 
 def entry() -> None:
