@@ -5,6 +5,7 @@ Each one stages its scenario through the real pipeline, folders and ledger (test
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -350,3 +351,88 @@ def test_the_api_key_echoed_in_a_reply_never_reaches_the_ledger_or_an_error_file
     )
     db.close()
     assert KEY not in text, text
+
+
+# -- 9. an OSError inside prepare's ledger decision (a duplicate's or a leftover's move) is "unreadable" --
+
+
+def test_a_full_disk_while_moving_a_duplicate_leaves_it_for_the_next_rescan_not_failed(tmp_path: Path) -> None:
+    """prepare() turns every OSError of _validate into Problem("unreadable"), and _validate includes the
+    ledger decision's own moves. A full disk while moving a duplicate to done/ is passing trouble: the pair
+    must stay in work/ and end in done/ as a duplicate at the next rescan, not in failed/ as unreadable."""
+    world = World(tmp_path)
+    world.start()
+    world.drop("a.wav", "rec-a", WAV)
+    first = world.claim(world.ready()[0])
+    assert first is not None and world.journey(first) == "accepted"
+    world.drop("copy.wav", "rec-a", WAV)
+    second = world.claim(world.ready()[0])
+    assert second is not None
+    full = FailAt(Effect.LINK, "done/copy.json", OSError(errno.ENOSPC, "No space left on device"))
+    with listening(full), contextlib.suppress(OSError):  # the pool logs it; the pair stays in work/
+        world.journey(second)
+    for leftover in world.leftovers():  # the next rescan, with space again
+        world.journey(leftover)
+    assert world.files("failed") == []
+    assert world.files("done") == ["a.json", "a.wav", "copy.json", "copy.wav"]
+    assert sorted(str(r.state) for r in _rows(world)) == ["done", "duplicate"]
+    world.crash()
+
+
+def test_a_full_disk_while_finishing_a_leftovers_move_does_not_split_it_between_done_and_failed(
+    tmp_path: Path,
+) -> None:
+    """A crash fell after the job id was committed; at the restart the leftover's move (FinishMove, inside
+    prepare) meets a full disk after the sidecar went. It must be finished at the next rescan: not have its
+    recording sent to failed/ as unreadable, its sidecar in done/, and its accepted row then marked done."""
+    world = World(tmp_path)
+    world.start()
+    world.drop("a.wav", "rec-a", WAV)
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+    with listening(FailAt(Effect.LINK, "done/a.json", Crash())), pytest.raises(Crash):
+        world.journey(claimed)
+    world.crash()
+    world.start()
+    [leftover] = world.leftovers()
+    full = FailAt(Effect.LINK, "done/a.wav", OSError(errno.ENOSPC, "No space left on device"))
+    with listening(full), contextlib.suppress(OSError):
+        world.journey(leftover)
+    for again in world.leftovers():
+        world.journey(again)
+    world.crash()
+    world.start()  # recovery
+    assert world.files("failed") == []
+    assert world.files("done") == ["a.json", "a.wav"]
+    assert [str(r.state) for r in _rows(world)] == ["done"]
+    assert len(world.uploader.received) == 1
+    world.crash()
+
+
+# -- 10. a row left accepted by a failed commit after the move: only a restart mends it ---------------
+
+
+def test_a_lost_commit_after_the_move_to_uploaded_is_mended_by_the_running_poller(tmp_path: Path) -> None:
+    """done_after = "completed". The pair reached uploaded/, then the commit of 'uploaded' failed (SQLite:
+    disk full). The worker logs it; the daemon runs on. Its poller learns the job completed; the pair must
+    then reach done/ without a restart, not wait in uploaded/ with its row 'accepted'."""
+    world = World(tmp_path, done_stage=Stage.UPLOADED)
+    world.start()
+    world.drop("a.wav", "rec-a", WAV)
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+
+    def full() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    lost = After("uploaded/a.wav", Effect.COMMIT, "ledger.sqlite3", full)
+    with listening(lost), pytest.raises(sqlite3.OperationalError):
+        world.journey(claimed)
+    assert world.files("uploaded") == ["a.json", "a.wav"]
+    world.poll()
+    world.poll()
+    assert world.files("uploaded") == []
+    assert world.files("done") == ["a.json", "a.wav"]
+    [row] = _rows(world)
+    assert row.state == State.DONE
+    world.crash()
