@@ -436,3 +436,30 @@ def test_a_lost_commit_after_the_move_to_uploaded_is_mended_by_the_running_polle
     [row] = _rows(world)
     assert row.state == State.DONE
     world.crash()
+
+
+# -- 11. shutdown: a put-back that fails escapes Pool.cancel and the supervisor ----------------------
+
+
+def test_a_put_back_refused_at_shutdown_does_not_escape_the_pools_cancel(tmp_path: Path) -> None:
+    """SIGTERM with a pair still queued: cancel() puts it back in the inbox. The inbox refuses the link
+    (EROFS: a share gone read-only). cancel() must not raise: it runs inside Supervisor.stop, so an
+    exception there skips stopping (and joining) every service after it, and the daemon exits with a
+    traceback. The pair stays in work/ for the next start."""
+    from vocwatch.runtime.gate import Gate
+    from vocwatch.runtime.pool import Pool
+
+    world = World(tmp_path)
+    process = world.start()
+    world.drop("a.wav", "rec-a", WAV)
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+    gate = Gate(world.clock, initial_backoff=1.0, max_backoff=60.0, auth_probe=30.0)
+    pool = Pool(process.pipeline, gate, workers=1, capacity=4, clock=world.clock)  # not started: it stays queued
+    assert pool.offer(claimed)
+    refused = FailAt(Effect.LINK, "inbox/a.wav", OSError(errno.EROFS, "Read-only file system"))
+    with listening(refused):
+        pool.cancel()  # must not raise
+    assert refused.fired
+    assert sorted(world.files("work/host-1")) == ["a.json", "a.wav"]
+    world.crash()
