@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 import h11
 import httpx
@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from vocwatch.core.model import Accepted, AuthProblem, Outcome, Rejected, Retry
 
+_T = TypeVar("_T")
 KeyProvider = Callable[[], SecretStr | None]
 RETRYABLE = frozenset({408, 425, 429})
 # Bigger chunks than httpx's 64 KiB default cut per-chunk interpreter overhead on large files.
@@ -233,29 +234,30 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
     )
 
 
-def _without(outcome: Any, headers: Mapping[str, str]) -> Any:
+def _without(outcome: _T, headers: Mapping[str, str]) -> _T:
     """``outcome`` with the key it was sent with replaced in every text it carries: a server or proxy that
     echoes the request's headers must not carry the key into the ledger, an error file or a log."""
     secret = headers.get("Authorization", "").removeprefix("Bearer ")
     if len(secret) < 4:
         return outcome
+    clean: object = outcome
     if isinstance(outcome, Retry):
-        return Retry(outcome.reason.replace(secret, "[redacted]"), outcome.after)
-    if isinstance(outcome, Rejected):
-        return Rejected(
+        clean = Retry(outcome.reason.replace(secret, "[redacted]"), outcome.after)
+    elif isinstance(outcome, Rejected):
+        clean = Rejected(
             outcome.status, outcome.code.replace(secret, "[redacted]"), outcome.message.replace(secret, "[redacted]")
         )
-    if isinstance(outcome, AuthProblem):
-        return AuthProblem(outcome.status, outcome.message.replace(secret, "[redacted]"))
-    if isinstance(outcome, JobStatus) and outcome.error is not None:
-        return JobStatus(
+    elif isinstance(outcome, AuthProblem):
+        clean = AuthProblem(outcome.status, outcome.message.replace(secret, "[redacted]"))
+    elif isinstance(outcome, JobStatus) and outcome.error is not None:
+        clean = JobStatus(
             outcome.job_id,
             outcome.status,
             outcome.finished_ms,
             outcome.error.replace(secret, "[redacted]"),
             outcome.raw,
         )
-    return outcome
+    return cast(_T, clean)
 
 
 def metadata_json(metadata: Mapping[str, Any]) -> str:
