@@ -165,9 +165,17 @@ class Pool:
             except queue.Empty:
                 break
             if item is not _STOP:
-                self._pipeline.folders.release(item)
+                try:
+                    self._pipeline.folders.release(item)
+                    put_back += 1
+                except OSError as exc:  # never escape a shutdown: the pair stays in work/ for the next start
+                    self._log.error(
+                        "files.move_failed",
+                        file=str(item.pair.audio),
+                        error=f"{exc.strerror or exc} ({exc.filename or item.root})",
+                        fix="the pair stays in work/ and is recovered at the next start",
+                    )
                 self._forget(item)
-                put_back += 1
         for _ in self._threads:
             self._queue.put_nowait(_STOP)
         return put_back
