@@ -44,7 +44,8 @@ DURABLE = frozenset({State.ACCEPTED, State.FAILED})
 TRANSITIONS: Mapping[State | None, frozenset[State]] = {
     None: frozenset({State.CLAIMED, State.FAILED, State.DUPLICATE}),
     # claimed -> claimed: a crash leftover or a dead holder's row is taken over by the next claim.
-    State.CLAIMED: frozenset({State.CLAIMED, State.UPLOADING, State.RELEASED, State.FAILED}),
+    # claimed -> duplicate: the same content already has a job; the row records this copy's move to done/.
+    State.CLAIMED: frozenset({State.CLAIMED, State.UPLOADING, State.RELEASED, State.FAILED, State.DUPLICATE}),
     State.UPLOADING: frozenset({State.CLAIMED, State.ACCEPTED, State.RELEASED, State.FAILED}),
     State.RELEASED: frozenset({State.CLAIMED}),
     State.ACCEPTED: frozenset({State.DONE, State.UPLOADED}),

@@ -215,9 +215,15 @@ class Folders:
         destination = destination or self.plan_destination(claimed, stage, with_error=with_error, flat=flat)
         target = self._target(claimed, stage, flat)
         n = _suffix_of(destination, target, claimed.pair, with_error)
+        # A sidecar that went ahead (the recording's move failed after it, say on a full disk) is carried
+        # along if the recording must take another suffix: the pair never splits across two names.
+        ahead = None
+        if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
+            placed = _pair_names(target, claimed.pair, n, with_error).get("sidecar")
+            ahead = placed if placed is not None and os.path.lexists(placed) else None
         for _ in range(10_000):
             names = _pair_names(target, claimed.pair, n, with_error)
-            if self._move_pair(claimed, names, error):
+            if self._move_pair(claimed, names, error, ahead):
                 # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next
                 # start finds the same file (same inode) at the recorded destination and drops the copy.
                 _fsync_dirs({names["audio"].parent})
@@ -225,16 +231,19 @@ class Folders:
             n += 1
         raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
 
-    def _move_pair(self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None) -> bool:
+    def _move_pair(
+        self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None, ahead: Path | None
+    ) -> bool:
         """Move the pair to ``names``; False (nothing moved) when one of them is taken by another file."""
         names["audio"].parent.mkdir(parents=True, exist_ok=True)
         # The sidecar goes first: a crash in between leaves the recording itself in work/, where the ledger's
-        # row (accepted, with this destination) finishes the move. A sidecar already there (the audio's move
-        # failed last time, say on a full disk) is not moved again.
-        moves = [(claimed.sidecar, names.get("sidecar")), (claimed.audio, names["audio"])]
-        if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
-            moves = moves[1:]
-        elif any(src is not None and dst is not None and _taken(src, dst) for src, dst in moves):
+        # row (accepted, with this destination) finishes the move.
+        side = claimed.sidecar if claimed.sidecar is not None and os.path.lexists(claimed.sidecar) else ahead
+        moves: list[tuple[Path, Path]] = []
+        if side is not None and "sidecar" in names and side != names["sidecar"]:
+            moves.append((side, names["sidecar"]))
+        moves.append((claimed.audio, names["audio"]))
+        if any(_taken(src, dst) for src, dst in moves):
             return False
         if error is not None and os.path.lexists(names["error"]):
             return False  # another pair's error file: never overwritten
@@ -243,9 +252,8 @@ class Folders:
         done: list[tuple[Path, Path]] = []
         try:
             for src, dst in moves:
-                if src is not None and dst is not None:
-                    _move_no_clobber(src, dst)
-                    done.append((src, dst))
+                _move_no_clobber(src, dst)
+                done.append((src, dst))
         except FileExistsError:
             for src, dst in reversed(done):  # keep the pair together under the next free suffix
                 _move_no_clobber(dst, src)
@@ -255,6 +263,19 @@ class Folders:
                     os.unlink(names["error"])
             return False
         return True
+
+    def with_sidecar_ahead(self, claimed: Claimed, destination: Path) -> Claimed:
+        """A lone recording in work/ whose sidecar already reached ``destination``'s folder: the pair as it
+        was claimed, so that finishing the move keeps them together. Unchanged if no sidecar is there."""
+        if claimed.sidecar is not None:
+            return claimed
+        stem = PurePosixPath(destination.name).stem
+        for tail in (".json", PurePosixPath(destination.name).suffix + ".json"):
+            if os.path.lexists(destination.with_name(stem + tail)):
+                rel = claimed.pair.audio
+                sidecar = rel.with_name(PurePosixPath(rel.name).stem + tail)
+                return Claimed(Pair(rel, sidecar), claimed.root, claimed.origin)
+        return claimed
 
     def fail_in_place(
         self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any], *, flat: bool = False

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vocwatch.core.model import Clock
-from vocwatch.core.states import DURABLE, FINAL, OPEN, Row, State, allowed
+from vocwatch.core.states import DURABLE, FINAL, FINAL_JOB, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
 
 __all__ = ["Ledger", "Row", "StaleRowError"]
@@ -86,6 +86,8 @@ COLUMNS = [
     "holder",
 ]
 _COLS = ", ".join(COLUMNS)
+# A job is followed until one of these; any other status (documented or not) is asked about again.
+_FINAL_JOBS = "(" + ", ".join(f"'{j}'" for j in sorted(FINAL_JOB)) + ")"
 
 
 class StaleRowError(RuntimeError):
@@ -253,7 +255,7 @@ class Ledger:
     def due_polls(self, now: float, limit: int = 100) -> list[Row]:
         return self._select(
             "WHERE job_id IS NOT NULL AND state IN ('accepted', 'uploaded', 'done') "
-            "AND (job_status IS NULL OR job_status = 'started') AND next_poll_at <= ? "
+            f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS}) AND next_poll_at <= ? "
             "ORDER BY next_poll_at LIMIT ?",
             (now, limit),
         )
@@ -269,7 +271,8 @@ class Ledger:
         with self._lock:
             cur = self._db.execute(
                 "SELECT MIN(next_poll_at) FROM recordings WHERE job_id IS NOT NULL "
-                "AND state IN ('accepted', 'uploaded', 'done') AND (job_status IS NULL OR job_status = 'started')"
+                "AND state IN ('accepted', 'uploaded', 'done') "
+                f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS})"
             )
             value = cur.fetchone()[0]
         return float(value) if value is not None else None
@@ -302,6 +305,7 @@ class Ledger:
                 try:
                     cur = self._db.execute(
                         "UPDATE recordings SET state = 'claimed', file = ?, sha256 = ?, size = ?, holder = ?, "
+                        "destination = NULL, duplicate_of = NULL, "
                         "updated_at = ? WHERE id = ? AND state = ? AND holder IS ?",
                         (file, sha256, size, self.holder, now, take.id, take.state, take.holder),
                     )
@@ -342,6 +346,16 @@ class Ledger:
             self._cas(row, now, {**fields, "state": state}, attempts=state == State.UPLOADING)
             detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")
             self._event(row.id, now, event or state, None if detail is None else str(detail))
+            return self._get(row.id)
+
+    def note(self, row: Row, event: str, **fields: Any) -> Row:
+        """Set ``fields`` on ``row`` in the state it was read in, durably: the intent of a step (a failure's
+        or a duplicate's destination) is on disk before the files move. StaleRowError if it changed."""
+        now = self._clock.time()
+        with self._write(durable=True):
+            self._cas(row, now, dict(fields))
+            detail = fields.get("destination") or fields.get("last_error")
+            self._event(row.id, now, event, None if detail is None else str(detail))
             return self._get(row.id)
 
     def begin_attempt(self, row: Row) -> Row:
