@@ -29,6 +29,10 @@ REASONS: dict[str, str] = {
     "ambiguous_sidecar": "One NAME.json could belong to several recordings; name it NAME.mp3.json or NAME.wav.json.",
     "conflict": "The ledger shows this recording id already uploaded with different content. Give the "
     'new recording its own id, or set upload.on_conflict = "upload".',
+    "truncated": "The recording's own structure says bytes are missing (a WAV header declaring more than the file "
+    "holds, or an MP3 whose last frame runs past the end), and it stayed so for watch.incomplete_timeout_seconds; "
+    "the error file says declared vs present bytes, or where the frame was cut. Export it again, or set "
+    'watch.truncated = "upload" to send such recordings as they are.',
     "rejected": "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
     "name_too_long": "The file system refused a name or path as too long (ENAMETOOLONG), so the file could "
     "not be moved where it belongs; it was put at the top of failed/, and the error file's path field holds "
