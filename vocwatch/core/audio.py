@@ -157,6 +157,11 @@ def check_wav(read: Read, size: int) -> Verdict:
     return Complete(_wav_info(fmt, data[1]))
 
 
+def wav_codec(tag: int) -> str:
+    """The codec name of a WAV format tag (1: pcm, 7: mulaw, ...)."""
+    return _WAV_CODECS.get(tag, f"wav_format_{tag:#06x}")
+
+
 def _wav_info(fmt: bytes, data_size: int) -> StreamInfo:
     if len(fmt) < 16:
         return StreamInfo("wav")
@@ -167,7 +172,7 @@ def _wav_info(fmt: bytes, data_size: int) -> StreamInfo:
     rate = _le32(fmt[4:8])
     byte_rate = _le32(fmt[8:12])
     return StreamInfo(
-        _WAV_CODECS.get(tag, f"wav_format_{tag:#06x}"),
+        wav_codec(tag),
         rate or None,
         channels or None,
         data_size / byte_rate if byte_rate else None,

@@ -105,6 +105,7 @@ class Row:
     sample_rate: int | None = None
     channels: int | None = None
     structure: str | None = None
+    host: str | None = None  # the instance that took it; unlike holder, kept once the row ends
 
     def export(self) -> dict[str, Any]:
         """The public row shape of ``vocwatch ledger export`` and ``ledger list --json``."""
@@ -128,6 +129,7 @@ class Row:
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "structure": self.structure,
+            "host": self.host,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -16,7 +16,7 @@ import mutagen
 import mutagen.mp3
 import mutagen.wave
 
-from vocwatch.core.audio import Complete, Incomplete, Verdict, check, kind_of
+from vocwatch.core.audio import Complete, Incomplete, Verdict, check, kind_of, wav_codec
 from vocwatch.core.model import Problem
 from vocwatch.edges.validate import open_regular
 
@@ -79,7 +79,14 @@ def facts(fh: IO[bytes], name: str, verdict: Verdict | None) -> AudioFacts:
     length = getattr(info, "length", None) or (own.duration_s if own else None)
     if length is not None and isinstance(verdict, Incomplete) and verdict.declared and kind == "wav":
         length *= min(1.0, verdict.present / verdict.declared)  # mutagen counts the declared, not the present
-    codec = own.codec if own is not None else (f"mp{getattr(info, 'layer', 3)}" if kind == "mp3" and info else kind)
+    if own is not None:
+        codec: str | None = own.codec
+    elif info is None:
+        codec = None
+    elif kind == "wav":
+        codec = wav_codec(int(getattr(info, "audio_format", 0) or 0)) if getattr(info, "audio_format", None) else "wav"
+    else:
+        codec = f"mp{getattr(info, 'layer', 3)}"
     return AudioFacts(
         round(float(length), 3) if length else None,
         codec,

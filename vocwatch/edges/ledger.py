@@ -57,7 +57,8 @@ CREATE INDEX IF NOT EXISTS events_row ON events (row_id);
 SCHEMA_VERSION = 3
 # Version 2: the holder of an open row, and at most one open row per recording and content.
 # Version 3: what the recording holds (duration, codec, sample rate, channels; null where unknown) and what
-# its own structure said (``structure``: complete, placeholder: ..., unknown: ..., truncated: ...).
+# its own structure said (``structure``: complete, placeholder: ..., unknown: ..., truncated: ...), and which
+# instance took it (``host``: the holder that opened the row, kept once the row ends and ``holder`` is cleared).
 _MIGRATE_2 = """
 UPDATE recordings SET state = 'released' WHERE state IN ('claimed', 'uploading') AND id NOT IN (
     SELECT MAX(id) FROM recordings WHERE state IN ('claimed', 'uploading') GROUP BY recording_id, sha256);
@@ -91,6 +92,7 @@ COLUMNS = [
     "sample_rate",
     "channels",
     "structure",
+    "host",
 ]
 # Columns that migrations add, with their types (a fresh ledger gets them the same way).
 _ADDED = {
@@ -101,6 +103,7 @@ _ADDED = {
     "sample_rate": "INTEGER",
     "channels": "INTEGER",
     "structure": "TEXT",
+    "host": "TEXT",
 }
 AUDIO_COLUMNS = ("duration_seconds", "codec", "sample_rate", "channels", "structure")
 
@@ -253,10 +256,20 @@ class Ledger:
         return self._select("WHERE recording_id = ? OR job_id = ? ORDER BY id", (ident, ident))
 
     def rows(
-        self, *, state: str | None = None, since: float | None = None, recording_id: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        recording_id: str | None = None,
+        created_since: float | None = None,
     ) -> list[Row]:
         clauses, args = [], []
-        for clause, value in (("state = ?", state), ("updated_at >= ?", since), ("recording_id = ?", recording_id)):
+        for clause, value in (
+            ("state = ?", state),
+            ("updated_at >= ?", since),
+            ("recording_id = ?", recording_id),
+            ("created_at >= ?", created_since),
+        ):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
@@ -316,7 +329,7 @@ class Ledger:
         a put-back, a dead holder's). None when another process got there first: decide again. ``audio``:
         values of AUDIO_COLUMNS, set in the same commit."""
         now = self._clock.time()
-        extra = {k: v for k, v in (audio or {}).items() if k in AUDIO_COLUMNS}
+        extra = {k: v for k, v in (audio or {}).items() if k in AUDIO_COLUMNS} | {"host": self.holder}
         with self._write(durable=False):
             if take is None:
                 try:
@@ -357,7 +370,7 @@ class Ledger:
                 (recording_id, sha256, file, size, state, now, now),
             )
             row_id = int(cur.lastrowid or 0)
-            self._set(row_id, now, fields)
+            self._set(row_id, now, {"host": self.holder, **fields})
             self._event(row_id, now, state, fields.get("last_error") or fields.get("duplicate_of"))
             return self._get(row_id)
 
