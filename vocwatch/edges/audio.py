@@ -16,7 +16,7 @@ import mutagen
 import mutagen.mp3
 import mutagen.wave
 
-from vocwatch.core.audio import Complete, Incomplete, Verdict, check, kind_of, wav_codec
+from vocwatch.core.audio import Complete, Verdict, check, kind_of, wav_codec
 from vocwatch.core.model import Problem
 from vocwatch.edges.validate import open_regular
 
@@ -77,8 +77,11 @@ def facts(fh: IO[bytes], name: str, verdict: Verdict | None) -> AudioFacts:
     finally:
         fh.seek(at)
     length = getattr(info, "length", None) or (own.duration_s if own else None)
-    if length is not None and isinstance(verdict, Incomplete) and verdict.declared and kind == "wav":
-        length *= min(1.0, verdict.present / verdict.declared)  # mutagen counts the declared, not the present
+    bitrate = getattr(info, "bitrate", 0) or 0
+    if length is not None and kind == "wav" and bitrate > 0:
+        # mutagen counts the samples the data chunk declares: a cut file, or a streaming writer's 0xFFFFFFFF,
+        # declares more than is there. No more audio than the file's bytes can hold.
+        length = min(length, os.fstat(fh.fileno()).st_size * 8 / bitrate)
     if own is not None:
         codec: str | None = own.codec
     elif info is None:
