@@ -92,7 +92,7 @@ class MemoryUploader:
 
 
 class NullRecorder:
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
+    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None:
         pass
 
     def retried(self, reason: str) -> None:

@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--since", metavar="DURATION", help="only rows changed within DURATION (e.g. 90s, 15m, 2h, 7d)")
     lst.add_argument("--recording", metavar="ID", help="only this recording id")
     lst.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    rep = lsub.add_parser(
+        "report", help="Recordings, minutes of audio, bytes and failures by reason: a table on a terminal, JSON lines."
+    )
+    rep.add_argument("--config", type=Path, metavar="PATH")
+    rep.add_argument("--since", metavar="DURATION", default="30d", help="rows created within DURATION (default 30d)")
+    rep.add_argument("--by", choices=("day", "host", "state"), help="one line per day (UTC), host or state")
+    rep.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     show = lsub.add_parser("show", help="Show one recording (by recording id or job id) with its history.")
     show.add_argument("--config", type=Path, metavar="PATH")
     show.add_argument("ident", metavar="ID")

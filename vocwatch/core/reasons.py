@@ -25,6 +25,7 @@ class Reason(StrEnum):
     MISSING_RECORDING = "missing_recording"
     AMBIGUOUS_SIDECAR = "ambiguous_sidecar"
     CONFLICT = "conflict"
+    TRUNCATED = "truncated"
     REJECTED = "rejected"
     NAME_TOO_LONG = "name_too_long"
     GAVE_UP = "gave_up"
@@ -66,6 +67,10 @@ REASONS: dict[Reason, str] = {
     "NAME.wav.json.",
     Reason.CONFLICT: "The ledger shows this recording id already uploaded with different content. Give the "
     'new recording its own id, or set upload.on_conflict = "upload".',
+    Reason.TRUNCATED: "The recording's own structure says bytes are missing (a WAV header declaring more than the file "
+    "holds, or an MP3 whose last frame runs past the end), and it stayed so for watch.incomplete_timeout_seconds; "
+    "the error file says declared vs present bytes, or where the frame was cut. Export it again, or set "
+    'watch.truncated = "upload" to send such recordings as they are.',
     Reason.REJECTED: "Crescendo refused the upload (4xx); the error file holds its status, code and message.",
     Reason.NAME_TOO_LONG: "The file system refused a name or path as too long (ENAMETOOLONG), so the file could "
     "not be moved where it belongs; it was put at the top of failed/, and the error file's path field holds "

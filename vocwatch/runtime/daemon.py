@@ -143,6 +143,7 @@ def build(
         on_conflict=OnConflict(up.on_conflict),
         done_stage=Stage.UPLOADED if f.done_after == "completed" else Stage.DONE,
         require_sidecar=settings.watch.require_sidecar,
+        truncated=settings.watch.truncated,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
     )
     pipeline = Pipeline(folders=folders, client=client, ledger=ledger, clock=clock, options=options, recorder=stats)
@@ -190,6 +191,7 @@ class Daemon:
                 ignore=watch.ignore,
                 recursive=watch.recursive,
                 rescan_s=watch.rescan_seconds,
+                incomplete_timeout_s=watch.incomplete_timeout_seconds,
             ),
         )
         p.pool.on_idle = self.planner.hint

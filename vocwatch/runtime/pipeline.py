@@ -14,6 +14,7 @@ from typing import IO, Any, Literal, Protocol
 
 import structlog
 
+from vocwatch.core.audio import Incomplete, Unknown, describe
 from vocwatch.core.journey import (
     Busy,
     Conflict,
@@ -32,6 +33,7 @@ from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Outcome, Prob
 from vocwatch.core.pairing import classify, printable
 from vocwatch.core.reasons import REASONS, Reason
 from vocwatch.core.states import Row, Stage, State
+from vocwatch.edges.audio import facts, structure_of
 from vocwatch.edges.client import metadata_json
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledger import Ledger
@@ -59,7 +61,7 @@ class Uploader(Protocol):
 class Recorder(Protocol):
     """Counters for STATUS and metrics; every method must be cheap and thread-safe."""
 
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None: ...
+    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None: ...
 
     def retried(self, reason: str) -> None: ...
 
@@ -72,6 +74,7 @@ class PipelineOptions:
     done_stage: Stage = Stage.DONE
     poll_initial_s: float | None = 5.0  # None: the status poller is off
     require_sidecar: bool = True
+    truncated: Literal["fail", "upload"] = "fail"  # watch.truncated: what an incomplete structure gets
 
 
 @dataclass(slots=True)
@@ -87,6 +90,7 @@ class Prepared:
     signature: tuple[int, int, int]
     log: Log
     started: float  # monotonic time the journey began, for the outcome's duration
+    audio_s: float | None = None  # seconds of audio, for vocwatch_audio_seconds_total
 
 
 Finished = Literal[End.DONE, End.FAILED, End.DUPLICATE, End.RELEASED]
@@ -183,11 +187,23 @@ class Pipeline:
         problem = check_audio(claimed.pair.audio.name, st.st_size, head, self.options.max_bytes)
         if problem is not None:
             return problem
+        verdict = structure_of(fh.fileno(), claimed.pair.audio.name)
+        if isinstance(verdict, Incomplete):
+            # The planner claims an incomplete recording only once it stayed so for incomplete_timeout_seconds
+            # (a backfill: at once); a leftover in work/ has no writer left either.
+            cut = {"present": verdict.present, "declared": verdict.declared, "cut_offset": verdict.cut_offset}
+            if self.options.truncated == "fail":
+                return Problem(Reason.TRUNCATED, f"{claimed.pair.audio.name}: {verdict.message()}")
+            log.warning("upload.truncated", why=verdict.why, **cut, note='watch.truncated = "upload": sent as it is')
+        elif isinstance(verdict, Unknown):
+            log.info("upload.structure_unknown", why=verdict.why, placeholder=verdict.placeholder)
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if _signature(fh) != signature:
             return Unsettled("the recording changed while it was hashed")
         if fd_open_for_writing(fh.fileno()):  # a writer appeared after the claim (pairing.py, rule 3)
             return Unsettled("a writer holds the recording open")
+        audio = facts(fh, claimed.pair.audio.name, verdict)
+        columns = {**audio.columns(), "structure": None if verdict is None else describe(verdict)}
         rid = str(metadata["id"])
         log = log.bind(recording_id=rid)
         with self._active_lock:
@@ -195,7 +211,7 @@ class Pipeline:
                 return Unsettled("the same recording is being uploaded under another name; it waits for that one")
             self._active.add((rid, digest))
         try:
-            opened_row = self._open_row(claimed, rid, digest, st.st_size, log)
+            opened_row = self._open_row(claimed, rid, digest, st.st_size, log, columns)
         except BaseException:
             self._forget_active(rid, digest)
             raise
@@ -204,7 +220,9 @@ class Pipeline:
             return opened_row
         row = opened_row
         content_type = CONTENT_TYPES[os.path.splitext(claimed.pair.audio.name)[1].lower()]
-        return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started)
+        return Prepared(
+            claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started, audio.duration_s
+        )
 
     def done_with(self, prep: Prepared) -> None:
         """End of a prepared pair's journey, however it ended: close its file, free its recording id."""
@@ -223,7 +241,7 @@ class Pipeline:
         return frozenset(r.id for r in rows if r.destination and _same_file(claimed.audio, Path(r.destination)))
 
     def _open_row(
-        self, claimed: Claimed, rid: str, digest: str, size: int, log: Log
+        self, claimed: Claimed, rid: str, digest: str, size: int, log: Log, audio: Mapping[str, Any]
     ) -> Row | Finished | Problem | Unsettled:
         """Decide from the ledger (core.journey.decide) and act; a compare-and-set miss decides again."""
         rel = str(claimed.pair.audio)
@@ -233,7 +251,7 @@ class Pipeline:
             seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
             step = decide(rows, seen, self.options.on_conflict)
             if isinstance(step, Upload):
-                row = self.ledger.claim(rid, digest, rel, size, step.take)
+                row = self.ledger.claim(rid, digest, rel, size, step.take, audio=audio)
                 if row is not None:
                     return row
                 races += 1
@@ -252,7 +270,7 @@ class Pipeline:
                 log.info("recover.dropped_copy", job_id=step.row.job_id, destination=step.row.destination)
                 return End.DONE
             elif isinstance(step, Duplicate):
-                return self._duplicate(claimed, step.of, rid, digest, size, log)
+                return self._duplicate(claimed, step.of, rid, digest, size, log, audio)
             elif isinstance(step, Conflict):
                 return Problem(
                     Reason.CONFLICT,
@@ -263,11 +281,20 @@ class Pipeline:
                 raise AssertionError(step)
         return Unsettled("the ledger row kept changing under this claim; it is taken again later")
 
-    def _duplicate(self, claimed: Claimed, of: Row, rid: str, digest: str, size: int, log: Log) -> Finished:
+    def _duplicate(
+        self, claimed: Claimed, of: Row, rid: str, digest: str, size: int, log: Log, audio: Mapping[str, Any]
+    ) -> Finished:
         job = of.job_id or of.duplicate_of
         dest = self.folders.finish(claimed, Stage.DONE)
         self.ledger.record_terminal(
-            rid, digest, str(claimed.pair.audio), size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
+            rid,
+            digest,
+            str(claimed.pair.audio),
+            size,
+            State.DUPLICATE,
+            duplicate_of=job,
+            destination=str(dest),
+            **audio,
         )
         log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
         self.recorder.finished(End.DUPLICATE)
@@ -351,7 +378,7 @@ class Pipeline:
         self.finish_accepted(prep.claimed, prep.row, log)
         size = prep.signature[0]
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
-        self.recorder.finished(End.DONE, nbytes=size, seconds=seconds)
+        self.recorder.finished(End.DONE, nbytes=size, seconds=seconds, audio_s=prep.audio_s or 0.0)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
         """Move an accepted pair to its recorded destination and mark it done (also crash recovery)."""
