@@ -160,9 +160,24 @@ class Folders:
 
     def release(self, claimed: Claimed) -> None:
         """Put a claimed pair back where it came from, to be taken again later: under its own names, or
-        under one ``~N`` suffix free for both, so that a newer file of the same name never joins it."""
-        # The recording first: a put-back cut short leaves a lone sidecar in work/, which goes back too.
+        under one ``~N`` suffix free for both, so that a newer file of the same name never joins it.
+
+        The names chosen are journalled first (beside the work folder): a put-back cut short by a crash is
+        finished under the same names by the next start, so its second half still finds the first.
+        """
         present = [p for p in claimed.paths() if os.path.lexists(p)]
+        journal = self._journal(claimed)
+        planned = _read_journal(journal)
+        if planned is not None and all(str(p) in planned for p in present):
+            for path in present:
+                target = Path(planned[str(path)])
+                if _taken(path, target):
+                    raise FileExistsError(errno.EEXIST, "a put-back's name was taken meanwhile", str(target))
+                _move_no_clobber(path, target)
+            _fsync_dirs({p.parent for p in claimed.paths()} | {Path(t).parent for t in planned.values()})
+            _forget_journal(journal)
+            return
+        # The recording first: a put-back cut short leaves a lone sidecar in work/ (and the journal).
         target = claimed.origin / claimed.pair.audio
         for n in range(0, 10_000):
             names = _pair_names(target, claimed.pair, n)
@@ -171,6 +186,8 @@ class Folders:
                 back[claimed.sidecar] = names["sidecar"]
             if any(os.path.lexists(back[p]) for p in present):
                 continue
+            if claimed.sidecar is not None and n > 0:
+                _write_journal(journal, {str(src): str(dst) for src, dst in back.items()})
             moved: list[tuple[Path, Path]] = []
             try:
                 for path in present:
@@ -184,6 +201,13 @@ class Folders:
         else:
             raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
         _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
+        _forget_journal(journal)
+
+    def _journal(self, claimed: Claimed) -> Path:
+        # One entry per pair group (the path without its pair suffix), which both halves share.
+        key = str(claimed.pair.audio.parent / classify(claimed.pair.audio.name)[1])
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.work.parent / f".{self.work.name}.putback" / f"{digest}.json"
 
     def plan_destination(self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False) -> Path:
         """Where the recording will land in ``stage``: its relative path, suffixed if taken.
@@ -419,6 +443,31 @@ def _suffix_of(destination: Path, target: Path, pair: Pair, with_error: bool) ->
         if _pair_names(target, pair, n, with_error)["audio"] == destination:
             return n
     raise FileExistsError(errno.EEXIST, "not a name planned for this pair; planning again", str(destination))
+
+
+def _read_journal(path: Path) -> dict[str, str] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_journal(path: Path, moves: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    point(Effect.WRITE, path)
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        json.dump(moves, fh, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dirs({path.parent})
+
+
+def _forget_journal(path: Path) -> None:
+    if os.path.lexists(path):
+        point(Effect.UNLINK, path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _taken(src: Path, dst: Path) -> bool:

@@ -20,7 +20,7 @@ from vocwatch.core.model import End, Pair
 from vocwatch.core.pairing import Expired, classify
 from vocwatch.edges.folders import Claimed
 from vocwatch.runtime.daemon import SHUTDOWN_MARGIN_S, Parts
-from vocwatch.runtime.pipeline import error_document
+from vocwatch.runtime.errors import error_document
 
 GOOD = frozenset({End.ACCEPTED, End.DUPLICATE, End.DONE})
 Batch = tuple[Path, list[Pair], list[Expired]]

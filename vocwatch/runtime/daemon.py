@@ -206,6 +206,7 @@ class Daemon:
             factor=st.poll_factor,
             move_on_completion=settings.folders.done_after == "completed",
             unknown_after_s=st.unknown_job_seconds,
+            in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,
         )
         p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)

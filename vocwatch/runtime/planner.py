@@ -28,7 +28,7 @@ from vocwatch.edges.audio import structure
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
-from vocwatch.runtime.pipeline import error_document, name_too_long
+from vocwatch.runtime.errors import error_document, name_too_long
 from vocwatch.runtime.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, modified, closed, closed_no_write,

@@ -20,8 +20,9 @@ import structlog
 from vocwatch.core.health import Worker, WorkerState
 from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Rejected, Unsettled
 from vocwatch.edges.folders import Claimed
+from vocwatch.runtime.errors import outcome_line
 from vocwatch.runtime.gate import Gate
-from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
+from vocwatch.runtime.pipeline import Pipeline, Prepared
 
 _STOP = object()
 
@@ -99,6 +100,11 @@ class Pool:
 
     def has_room(self) -> bool:
         return not self._stopping.is_set() and self._queue.qsize() < self._capacity
+
+    def holds(self, path: str) -> bool:
+        """Is the file at ``path`` (in work/) queued or being worked on?"""
+        with self._lock:
+            return path in self._in_flight
 
     def owns(self, claimed: Claimed) -> bool:
         with self._lock:
@@ -292,5 +298,5 @@ class Pool:
             now = self._clock.monotonic()
             first_failure = now if first_failure is None else first_failure
             if self._give_up is not None and now - first_failure >= self._give_up:
-                self._pipeline.give_up(prepared, now - first_failure, _reason(outcome))
+                self._pipeline.give_up(prepared, now - first_failure, outcome_line(outcome))
                 return End.FAILED
