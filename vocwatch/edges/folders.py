@@ -31,6 +31,9 @@ class Claimed:
     pair: Pair
     root: Path
     origin: Path
+    # Found in work/ (a crash's or a stopped run's leftover), not claimed from the inbox by this run: its
+    # ledger row may be past the point where the inbox may have it back (accepted: the job id is durable).
+    leftover: bool = False
 
     @property
     def audio(self) -> Path:
@@ -266,10 +269,11 @@ class Folders:
             audio = [m for m in members if classify(m.name)[0] != "sidecar"]
             sidecars = [m for m in members if classify(m.name)[0] == "sidecar"]
             if len(audio) == 1 and len(sidecars) <= 1 and (sidecars or not require_sidecar):
-                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox), True
+                pair = Pair(audio[0], sidecars[0] if sidecars else None)
+                yield Claimed(pair, self.work, self.inbox, leftover=True), True
             else:
                 for rel in members:
-                    yield Claimed(Pair(rel, None), self.work, self.inbox), False
+                    yield Claimed(Pair(rel, None), self.work, self.inbox, leftover=True), False
 
 
 def _pair_names(target: Path, pair: Pair, n: int) -> dict[str, Path]:

@@ -86,7 +86,8 @@ class Pool:
             return self._idle.wait_for(lambda: self._count == 0, timeout=timeout)
 
     def stop(self, grace_s: float) -> int:
-        """Stop taking work, put queued pairs back, let uploads in flight finish for ``grace_s``.
+        """Stop taking work, put queued pairs back (leftovers found in work/ stay there), let uploads in
+        flight finish for ``grace_s``.
 
         Returns how many uploads were still in flight when the grace ran out.
         """
@@ -98,7 +99,11 @@ class Pool:
             except queue.Empty:
                 break
             if item is not _STOP:
-                self._pipeline.folders.release(item)
+                # A leftover stays in work/, where the next start takes it again: its row may be accepted
+                # (the job id durable, the files not yet moved), and back in the inbox it would be sent
+                # again as a duplicate of itself while recovery marked the row done at a missing file.
+                if not item.leftover:
+                    self._pipeline.folders.release(item)
                 self._forget(item)
         for _ in self._threads:
             self._queue.put(_STOP)

@@ -1,0 +1,88 @@
+"""Bugs the state model (test_state_model.py) found, each replayed deterministically from its minimal example."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support.fakes import Crash, CrashAt, MemoryUploader
+from support.world import World
+
+from vocwatch.core.model import Outcome, Retry
+from vocwatch.core.states import FINAL, State
+from vocwatch.edges.effects import listening
+from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.pool import Pool
+
+
+def _wav(tag: str) -> bytes:
+    body = f"recording {tag} ".encode() * 8
+    return b"RIFF" + len(body).to_bytes(4, "little") + b"WAVEfmt " + body
+
+
+def _stop_with_queued(world: World, crash: CrashAt | None = None) -> None:
+    """A graceful stop (Pool.stop) while every pair in work/ sits queued, then the process exits."""
+    assert world.process is not None
+    gate = Gate(world.clock, initial_backoff=1.0, max_backoff=60.0, auth_probe=30.0)
+    pool = Pool(world.process.pipeline, gate, workers=0, capacity=10, clock=world.clock)
+    for claimed in world.leftovers():
+        assert pool.offer(claimed)
+    try:
+        with listening(crash or CrashAt()):
+            pool.stop(grace_s=0.0)
+    except Crash:
+        pass
+    world.crash()
+
+
+def _settle(world: World) -> None:
+    world.start()
+    for claimed in world.leftovers():
+        world.journey(claimed)
+    for pair in world.ready():
+        claimed = world.claim(pair)
+        if claimed is not None:
+            world.journey(claimed)
+    world.crash()
+
+
+def _rows(world: World) -> list:
+    world.start()
+    assert world.process is not None
+    rows = list(world.process.ledger.iter_all())
+    world.crash()
+    return rows
+
+
+def test_a_shutdown_leaves_an_accepted_leftover_in_work_for_the_next_start(tmp_path: Path) -> None:
+    """Minimal example:
+        state.drop(name='a.wav', rid='rec-1')
+        state.claim(data=data(...), fault=('none', 0))   # a.wav + a.json
+        state.journey(fault=('crash', 5), script='accept')  # the job id committed, the files still in work/
+        state.restart(crash_at=None)                     # the planner queues the leftover
+        state.shutdown(crash_at=None)                    # Pool.stop put it back in the inbox
+        state.restart(crash_at=None)                     # recovery: row "done" at a done/a.wav that is not there
+    """
+    world = World(tmp_path)
+    world.start()
+    world.drop("a.wav", "rec-1", _wav("1"))
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+    try:
+        with listening(CrashAt(5)):  # claim, uploading, send, reply, accepted: dies before the first move
+            world.journey(claimed)
+    except Crash:
+        pass
+    world.crash()
+    world.start()
+    _stop_with_queued(world)
+
+    assert world.files("work/host-1") == ["a.json", "a.wav"]  # not back in the inbox
+    assert world.files("inbox") == []
+    (row,) = _rows(world)
+    assert row.state == State.ACCEPTED  # recovery did not mark it done at a file that is not there
+    _settle(world)
+    (row,) = _rows(world)
+    assert row.state == State.DONE and row.destination is not None and Path(row.destination).exists()
+    assert world.files("done") == ["a.json", "a.wav"]
+    assert len(world.uploader.received) == 1  # sent once, not again as a duplicate of itself
