@@ -56,12 +56,12 @@ def _rows(world: World) -> list:
 
 def test_a_shutdown_leaves_an_accepted_leftover_in_work_for_the_next_start(tmp_path: Path) -> None:
     """Minimal example:
-        state.drop(name='a.wav', rid='rec-1')
-        state.claim(data=data(...), fault=('none', 0))   # a.wav + a.json
-        state.journey(fault=('crash', 5), script='accept')  # the job id committed, the files still in work/
-        state.restart(crash_at=None)                     # the planner queues the leftover
-        state.shutdown(crash_at=None)                    # Pool.stop put it back in the inbox
-        state.restart(crash_at=None)                     # recovery: row "done" at a done/a.wav that is not there
+    state.drop(name='a.wav', rid='rec-1')
+    state.claim(data=data(...), fault=('none', 0))   # a.wav + a.json
+    state.journey(fault=('crash', 5), script='accept')  # the job id committed, the files still in work/
+    state.restart(crash_at=None)                     # the planner queues the leftover
+    state.shutdown(crash_at=None)                    # Pool.stop put it back in the inbox
+    state.restart(crash_at=None)                     # recovery: row "done" at a done/a.wav that is not there
     """
     world = World(tmp_path)
     world.start()
@@ -86,3 +86,66 @@ def test_a_shutdown_leaves_an_accepted_leftover_in_work_for_the_next_start(tmp_p
     assert row.state == State.DONE and row.destination is not None and Path(row.destination).exists()
     assert world.files("done") == ["a.json", "a.wav"]
     assert len(world.uploader.received) == 1  # sent once, not again as a duplicate of itself
+
+
+def test_a_conflict_ends_the_contents_own_released_row_failed(tmp_path: Path) -> None:
+    """Minimal example (the row left open was a crash leftover's, put back by a shutdown):
+        state.drop(name='a.wav', rid='rec-1')
+        state.claim(data=data(...), fault=('none', 0))
+        state.journey(fault=('crash', 1), script='accept')  # a row in "claimed"
+        state.restart(crash_at=None)
+        state.drop(name='a.wav', rid='rec-1')              # the same id, other content
+        state.shutdown(crash_at=None)
+        state.teardown()  # rec-1 'claimed' for ever beside a new failed row named 'a~1'
+    Replayed here with the put-back's other source of an open row: a pair released after transient errors.
+    """
+    replies: list[Outcome | None] = [Retry("HTTP 503")] * 3
+    world = World(tmp_path, uploader=MemoryUploader(lambda name: replies.pop(0) if replies else None))
+    world.start()
+    world.drop("a.wav", "rec-1", _wav("first"))
+    first = world.claim(world.ready()[0])
+    assert first is not None
+    assert world.journey(first) == "released"  # three transient errors: back to the inbox, row "released"
+    world.drop("b.wav", "rec-1", _wav("second"))  # the same id with other content, accepted first
+    second = world.claim(next(p for p in world.ready() if p.audio.name == "b.wav"))
+    assert second is not None
+    assert world.journey(second) == "accepted"
+    again = world.claim(world.ready()[0])
+    assert again is not None
+    assert world.journey(again) == "failed"
+    world.crash()
+
+    rows = _rows(world)
+    assert all(r.state in FINAL for r in rows), [(r.recording_id, r.state) for r in rows]
+    failed = [r for r in rows if r.state == State.FAILED]
+    assert [(r.recording_id, r.file) for r in failed] == [("rec-1", "a.wav")]
+    assert failed[0].last_error is not None and failed[0].last_error.startswith("conflict")
+    assert json.loads((world.stage("failed") / "a.error.json").read_text())["reason"] == "conflict"
+
+
+def test_a_conflict_ends_a_crash_leftovers_claimed_row_failed(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.start()
+    world.drop("a.wav", "rec-1", _wav("first"))
+    first = world.claim(world.ready()[0])
+    assert first is not None
+    try:
+        with listening(CrashAt(1)):  # the row is opened ("claimed"), then the process dies
+            world.journey(first)
+    except Crash:
+        pass
+    world.crash()
+    world.start()
+    world.drop("b.wav", "rec-1", _wav("second"))
+    second = world.claim(world.ready()[0])
+    assert second is not None
+    assert world.journey(second) == "accepted"
+    (leftover,) = world.leftovers()
+    assert world.journey(leftover) == "failed"
+    world.crash()
+
+    rows = _rows(world)
+    assert sorted((r.recording_id, r.file, r.state) for r in rows) == [
+        ("rec-1", "a.wav", State.FAILED),
+        ("rec-1", "b.wav", State.DONE),
+    ]

@@ -64,9 +64,11 @@ class Duplicate:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """The recording id was uploaded with other content, and upload.on_conflict is "fail"."""
+    """The recording id was uploaded with other content, and upload.on_conflict is "fail". ``take``: this
+    content's own open or released row (nobody live holds it), which ends failed rather than stay open."""
 
     jobs: tuple[str, ...]
+    take: Row | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +106,12 @@ def decide(rows: Sequence[Row], seen: Seen, on_conflict: OnConflict = OnConflict
     busy = [r for r in held if not _mine(r, seen)]
     if busy:
         return Busy(busy[0])
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    take = held[-1] if held else released[-1] if released else None
     others = [r for r in rows if r.state in UPLOADED and r.sha256 != seen.sha256]
     if others and on_conflict == OnConflict.FAIL:
-        return Conflict(tuple(sorted({r.job_id or "?" for r in others})))
-    if held:
-        return Upload(held[-1])
-    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
-    return Upload(released[-1] if released else None)
+        return Conflict(tuple(sorted({r.job_id or "?" for r in others})), take)
+    return Upload(take)
 
 
 @dataclass(frozen=True, slots=True)

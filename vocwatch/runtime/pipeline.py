@@ -251,11 +251,20 @@ class Pipeline:
             elif isinstance(step, Duplicate):
                 return self._duplicate(claimed, step.of, rid, digest, size, log)
             elif isinstance(step, Conflict):
-                return Problem(
+                problem = Problem(
                     "conflict",
                     f"recording id {rid} was already uploaded with different content (job {', '.join(step.jobs)}); "
                     'give this recording its own id, or set upload.on_conflict = "upload"',
                 )
+                if step.take is None:
+                    return problem
+                # This content already has a row (a crash's leftover, or a put-back): it ends failed, under
+                # the recording's own id, instead of staying open beside a new failed row.
+                taken = self.ledger.claim(rid, digest, rel, size, step.take)
+                if taken is None:
+                    races += 1
+                    continue
+                return self._fail(claimed, problem, log, self.clock.monotonic(), row=taken, recording_id=rid)
             else:  # pragma: no cover - decide() returns ReturnToInbox only for lone files
                 raise AssertionError(step)
         return Unsettled("the ledger row kept changing under this claim; it is taken again later")
