@@ -149,3 +149,34 @@ def test_a_conflict_ends_a_crash_leftovers_claimed_row_failed(tmp_path: Path) ->
         ("rec-1", "a.wav", State.FAILED),
         ("rec-1", "b.wav", State.DONE),
     ]
+
+
+def test_a_put_back_cut_short_between_link_and_unlink_is_finished(tmp_path: Path) -> None:
+    """Minimal example:
+    state.drop(name='a.wav', rid='rec-1')
+    state.claim(data=data(...), fault=('none', 0))
+    state.shutdown(crash_at=1)  # dies after linking a.wav into the inbox, before unlinking it from work/
+    state.teardown()            # the pair in work/ is sent; a.wav stays in the inbox for ever
+    """
+    world = World(tmp_path)
+    world.start()
+    world.drop("a.wav", "rec-1", _wav("1"))
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+    assert world.process is not None
+    try:
+        with listening(CrashAt(1)):
+            world.process.folders.release(claimed)
+    except Crash:
+        pass
+    world.crash()
+    assert world.files("inbox") == ["a.wav"] and world.files("work/host-1") == ["a.json", "a.wav"]
+
+    world.start()
+    for leftover in world.leftovers():
+        assert world.journey(leftover) == "released"
+    assert world.files("inbox") == ["a.json", "a.wav"] and world.files("work/host-1") == []
+    world.crash()
+    _settle(world)
+    assert world.files("inbox") == [] and world.files("done") == ["a.json", "a.wav"]
+    assert len(world.uploader.received) == 1

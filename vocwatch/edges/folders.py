@@ -179,6 +179,30 @@ class Folders:
             raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
         _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
 
+    def finish_put_back(self, claimed: Claimed) -> bool:
+        """A put-back (release) that a crash cut short between a link into the inbox and the unlink from
+        work/ leaves a file under both names. Finish it: True when this leftover was such a put-back, now
+        wholly back in the inbox under the names it had started to take."""
+        present = [p for p in claimed.paths() if os.path.lexists(p)]
+        if not any(os.lstat(p).st_nlink > 1 for p in present):
+            return False
+        target = claimed.origin / claimed.pair.audio
+        for n in range(0, 10_000):
+            names = _pair_names(target, claimed.pair, n)
+            back = {claimed.audio: names["audio"]}
+            if claimed.sidecar is not None:
+                back[claimed.sidecar] = names["sidecar"]
+            if not any(os.path.lexists(there) for there in back.values()):
+                return False  # past the last name taken: none of them is this pair's
+            if any(os.path.lexists(back[p]) and os.path.samestat(os.lstat(p), os.lstat(back[p])) for p in present):
+                break
+        else:
+            return False
+        for path in present:
+            _move_no_clobber(path, back[path])  # the same file there: only the work/ name is unlinked
+        _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
+        return True
+
     def plan_destination(self, claimed: Claimed, stage: Stage) -> Path:
         """Where the recording will land in ``stage``: its relative path, suffixed if taken."""
         target = self.stages[stage] / claimed.pair.audio

@@ -135,6 +135,9 @@ class Pipeline:
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
             return "released"
+        if claimed.leftover and self.folders.finish_put_back(claimed):
+            log.info("recover.put_back", note="a put-back to the inbox was cut short; it is finished")
+            return "released"
         if claimed.sidecar is None:
             lone = self._settle_lone(claimed, log)
             if lone is not None:
@@ -258,7 +261,7 @@ class Pipeline:
                 )
                 if step.take is None:
                     return problem
-                # This content already has a row (a crash's leftover, or a put-back): it ends failed, under
+                # This content already has a row (a crash's leftover, or a put-back): it ends failed, with
                 # the recording's own id, instead of staying open beside a new failed row.
                 taken = self.ledger.claim(rid, digest, rel, size, step.take)
                 if taken is None:
