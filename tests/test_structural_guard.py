@@ -216,12 +216,14 @@ def test_wav_written_in_place_with_its_final_size_declared_is_uploaded_whole_nev
     # alone would take the half file; its header says 64,000 bytes are due, so it waits.
     with captured_log() as log, running(make_settings(watch__settle_seconds=0.2)):
         put_atomic(spool.inbox / "inplace.json", sidecar("inplace"))
+        # The writer closes between its two writes (it reopens to append): no handle is held open, so only
+        # the structure can tell that the file is not whole yet.
         with open(spool.inbox / "inplace.wav", "wb") as writer:
             writer.write(FINAL[:20_000])
-            writer.flush()
-            wait_for(lambda: [e for e in log() if e["event"] == "claim.incomplete"], what="the guard to defer it")
-            assert not sim.state.received, "never early"
-            assert (spool.inbox / "inplace.wav").exists()
+        wait_for(lambda: [e for e in log() if e["event"] == "claim.incomplete"], what="the guard to defer it")
+        assert not sim.state.received, "never early"
+        assert (spool.inbox / "inplace.wav").exists()
+        with open(spool.inbox / "inplace.wav", "ab") as writer:
             writer.write(FINAL[20_000:])
         wait_for(lambda: (spool.done / "inplace.wav").exists(), what="the whole recording taken")
     assert_uploaded_once_whole(spool, sim, "inplace.wav", FINAL)

@@ -66,9 +66,11 @@ class Duplicate:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """The recording id was uploaded with other content, and upload.on_conflict is "fail"."""
+    """The recording id was uploaded with other content, and upload.on_conflict is "fail". ``take``: this
+    content's own open or released row (nobody live holds it), which ends failed rather than stay open."""
 
     jobs: tuple[str, ...]
+    take: Row | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +110,20 @@ def decide(rows: Sequence[Row], seen: Seen, on_conflict: OnConflict = OnConflict
     same = [r for r in rows if r.sha256 == seen.sha256]
     held = [r for r in same if r.state in OPEN]
     busy = [r for r in held if not _mine(r, seen)]
-    takeable = [r for r in held if _mine(r, seen)]
+    # A move in progress belongs to its own file: another copy of the content never takes it over.
+    takeable = [r for r in held if _mine(r, seen) and not (moving(r) and r.file != seen.file)]
     uploaded = [r for r in same if r.state in UPLOADED]
     if uploaded:
         return Duplicate(uploaded[0], takeable[-1] if takeable else None)
     if busy:
         return Busy(busy[0])
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    take = held[-1] if held else released[-1] if released else None
     others = [r for r in rows if r.state in UPLOADED and r.sha256 != seen.sha256]
     if others and on_conflict == OnConflict.FAIL:
-        return Conflict(tuple(sorted({r.job_id or "?" for r in others})))
+        released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+        take = takeable[-1] if takeable else released[-1] if released else None
+        return Conflict(tuple(sorted({r.job_id or "?" for r in others})), take)
     if takeable:
         return Upload(takeable[-1])
     released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]

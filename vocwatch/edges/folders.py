@@ -39,6 +39,9 @@ class Claimed:
     pair: Pair
     root: Path
     origin: Path
+    # Found in work/ (a crash's or a stopped run's leftover), not claimed from the inbox by this run: its
+    # ledger row may be past the point where the inbox may have it back (accepted: the job id is durable).
+    leftover: bool = False
 
     @property
     def audio(self) -> Path:
@@ -168,12 +171,10 @@ class Folders:
         present = [p for p in claimed.paths() if os.path.lexists(p)]
         journal = self._journal(claimed)
         planned = _read_journal(journal)
-        if planned is not None and all(str(p) in planned for p in present):
+        taken = planned is not None and any(_taken(p, Path(planned.get(str(p), p))) for p in present)
+        if planned is not None and not taken and all(str(p) in planned for p in present):
             for path in present:
-                target = Path(planned[str(path)])
-                if _taken(path, target):
-                    raise FileExistsError(errno.EEXIST, "a put-back's name was taken meanwhile", str(target))
-                _move_no_clobber(path, target)
+                _move_no_clobber(path, Path(planned[str(path)]))
             _fsync_dirs({p.parent for p in claimed.paths()} | {Path(t).parent for t in planned.values()})
             _forget_journal(journal)
             return
@@ -203,11 +204,53 @@ class Folders:
         _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
         _forget_journal(journal)
 
+    def tidy_put_backs(self) -> int:
+        """At start: drop journal entries none of whose files is still in work/ (the put-back finished, and
+        only the entry's removal was lost). Returns how many were dropped."""
+        folder = self.work.parent / f".{self.work.name}.putback"
+        dropped = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in folder.iterdir():
+                planned = _read_journal(entry)
+                if planned is None or not any(os.path.lexists(src) for src in planned):
+                    _forget_journal(entry)
+                    dropped += 1
+        return dropped
+
+    def forget_put_back(self, claimed: Claimed) -> None:
+        """A whole pair in work/: no half of a put-back moved, so a journal entry of its names is stale."""
+        _forget_journal(self._journal(claimed))
+
     def _journal(self, claimed: Claimed) -> Path:
         # One entry per pair group (the path without its pair suffix), which both halves share.
         key = str(claimed.pair.audio.parent / classify(claimed.pair.audio.name)[1])
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.work.parent / f".{self.work.name}.putback" / f"{digest}.json"
+
+    def finish_put_back(self, claimed: Claimed) -> bool:
+        """A put-back (release) that a crash cut short between a link into the inbox and the unlink from
+        work/ leaves a file under both names. Finish it: True when this leftover was such a put-back, now
+        wholly back in the inbox under the names it had started to take."""
+        present = [p for p in claimed.paths() if os.path.lexists(p)]
+        if not any(os.lstat(p).st_nlink > 1 for p in present):
+            return False
+        target = claimed.origin / claimed.pair.audio
+        for n in range(0, 10_000):
+            names = _pair_names(target, claimed.pair, n)
+            back = {claimed.audio: names["audio"]}
+            if claimed.sidecar is not None:
+                back[claimed.sidecar] = names["sidecar"]
+            if not any(os.path.lexists(there) for there in back.values()):
+                return False  # past the last name taken: none of them is this pair's
+            if any(os.path.lexists(back[p]) and os.path.samestat(os.lstat(p), os.lstat(back[p])) for p in present):
+                break
+        else:
+            return False
+        for path in present:
+            _move_no_clobber(path, back[path])  # the same file there: only the work/ name is unlinked
+        _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
+        _forget_journal(self._journal(claimed))
+        return True
 
     def plan_destination(self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False) -> Path:
         """Where the recording will land in ``stage``: its relative path, suffixed if taken.
@@ -338,10 +381,11 @@ class Folders:
             audio = [m for m in members if classify(m.name)[0] != "sidecar"]
             sidecars = [m for m in members if classify(m.name)[0] == "sidecar"]
             if len(audio) == 1 and len(sidecars) <= 1 and (sidecars or not require_sidecar):
-                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox), True
+                pair = Pair(audio[0], sidecars[0] if sidecars else None)
+                yield Claimed(pair, self.work, self.inbox, leftover=True), True
             else:
                 for rel in members:
-                    yield Claimed(Pair(rel, None), self.work, self.inbox), False
+                    yield Claimed(Pair(rel, None), self.work, self.inbox, leftover=True), False
 
 
 def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:

@@ -133,6 +133,12 @@ class Pipeline:
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
             return End.RELEASED
+        if claimed.leftover:
+            if self.folders.finish_put_back(claimed):
+                log.info("recover.put_back", note="a put-back to the inbox was cut short; it is finished")
+                return End.RELEASED
+            if claimed.sidecar is not None:
+                self.folders.forget_put_back(claimed)
         if claimed.sidecar is None:
             lone = self.settle.lone(claimed, log)
             if lone is not None:

@@ -172,8 +172,12 @@ class Pool:
                 break
             if item is not _STOP:
                 try:
-                    self._pipeline.folders.release(item)
-                    put_back += 1
+                    # A leftover stays in work/, where the next start takes it again: its row may be accepted
+                    # (the job id durable, the files not yet moved), and back in the inbox it would be sent
+                    # again as a duplicate of itself while recovery marked the row done at a missing file.
+                    if not item.leftover:
+                        self._pipeline.folders.release(item)
+                        put_back += 1
                 except OSError as exc:  # never escape a shutdown: the pair stays in work/ for the next start
                     self._log.error(
                         "files.move_failed",

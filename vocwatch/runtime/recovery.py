@@ -72,6 +72,8 @@ def recover(
     """Every row that may lag behind its files (accepted, uploaded, and open rows whose failure or duplicate
     was decided), mended; ``in_flight`` rows, which a worker of ours is moving right now, are left alone."""
     changed = 0
+    if states == ALL_LAGGING:  # at start
+        parts.folders.tidy_put_backs()
     for state in states:
         for row in parts.ledger.rows(state=state):
             if state in (State.CLAIMED, State.UPLOADING) and row.destination is None:

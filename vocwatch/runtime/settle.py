@@ -117,11 +117,20 @@ class Settler:
                     return done
                 races += 1
             elif isinstance(step, Conflict):
-                return Problem(
+                problem = Problem(
                     Reason.CONFLICT,
                     f"recording id {rid} was already uploaded with different content (job {', '.join(step.jobs)}); "
                     'give this recording its own id, or set upload.on_conflict = "upload"',
                 )
+                if step.take is None:
+                    return problem
+                # This content already has a row (a crash's leftover, or a put-back): it ends failed, with
+                # the recording's own id, instead of staying open beside a new failed row.
+                taken = self.ledger.claim(rid, digest, rel, size, step.take)
+                if taken is None:
+                    races += 1
+                    continue
+                return self.fail(claimed, problem, log, self.clock.monotonic(), row=taken, recording_id=rid)
             else:  # pragma: no cover - decide() returns ReturnToInbox only for lone files
                 raise AssertionError(step)
         return Unsettled("the ledger row kept changing under this claim; it is taken again later")
@@ -232,7 +241,18 @@ class Settler:
         reason = f"{problem.code}: {problem.message}"
         planned = self.folders.plan_destination(claimed, Stage.FAILED, with_error=True, flat=flat)
         if row is None:
-            row = self.ledger.claim(recording_id, digest, rel, size)  # None: a twin is failing too; no intent
+            # An open row of this file and content that a crash left (nobody live holds it) ends failed too.
+            rows = self.ledger.find(recording_id, digest)
+            alive = self._alive(rows)
+            stale = [
+                r
+                for r in rows
+                if r.state in (State.CLAIMED, State.UPLOADING)
+                and r.file == rel
+                and (r.holder in (None, self.me) or r.holder not in alive)
+            ]
+            # None: another process holds this content open; the failure is recorded after the move instead.
+            row = self.ledger.claim(recording_id, digest, rel, size, stale[-1] if stale else None)
         if row is not None:
             row = self.ledger.note(row, "failing", last_error=reason, destination=str(planned))
         dest = self.folders.finish(claimed, Stage.FAILED, planned, error=error, flat=flat)
