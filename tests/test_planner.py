@@ -15,6 +15,7 @@ from vocwatch.core.pairing import Rules
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.runtime.planner import Planner, ScanOptions
 from vocwatch.runtime.pool import Pool
+from vocwatch.testing.samples import write_wav
 
 SETTLE, TIMEOUT = 2.0, 30.0
 
@@ -43,8 +44,8 @@ class Rig:
         )
         self.root = root
 
-    def drop(self, name: str, rid: str, *, audio: bytes = b"RIFF\x10\x00\x00\x00WAVEfmt data") -> None:
-        (self.inbox / name).write_bytes(audio)
+    def drop(self, name: str, rid: str) -> None:
+        write_wav(self.inbox / name, seconds=0.05)
         (self.inbox / (Path(name).stem + ".json")).write_text(json.dumps({"id": rid}))
 
     def look(self, after: float = 0.0) -> list[str]:
@@ -80,7 +81,7 @@ def test_a_change_starts_the_settle_wait_again(rig: Rig) -> None:
 
 
 def test_a_recording_without_its_sidecar_waits_then_fails_as_missing_sidecar(rig: Rig) -> None:
-    (rig.inbox / "lone.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt data")
+    write_wav(rig.inbox / "lone.wav", seconds=0.05)
     assert rig.look() == [] and rig.look(SETTLE + 0.1) == []
     assert rig.look(TIMEOUT) == []
     error = json.loads((rig.root / "failed" / "lone.error.json").read_text())

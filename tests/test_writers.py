@@ -39,6 +39,8 @@ def assert_uploaded_once_whole(
     assert (got.sha256, got.size) == (sha(data), len(data))
     assert (spool.done / name).read_bytes() == data
     assert tuple(row.state for row in spool.rows()) == rows
+    # The ledger knows its minutes: what the writer wrote, read from the recording itself.
+    assert all(row.duration_seconds and row.codec and row.sample_rate for row in spool.rows())
 
 
 @pytest.mark.parametrize(

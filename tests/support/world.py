@@ -174,6 +174,7 @@ class World:
             move_on_completion=True,
             unknown_after_s=60.0,
             log=QUIET,
+            holder_alive=self.process.holder_alive,
         )
         self.clock.advance(20.0)
         return poller.poll_due()

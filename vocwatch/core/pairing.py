@@ -42,6 +42,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from vocwatch.core.model import Pair, Problem
+from vocwatch.core.reasons import Reason
 
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
 # A file found held open is looked at again this much later (or at its writer's close, if seen).
@@ -348,7 +349,7 @@ def _plan_pair(present: list[_File], settled_at: float, now: float, rules: Rules
             return min(expires_at, *(f.entry.held_until or now for f in held))
         name = held[0].name
         problem = Problem(
-            "still_open",
+            Reason.STILL_OPEN,
             f"{name} was still held open by a writer, unchanged, {rules.settle_s + rules.pair_timeout_s:g} s "
             "after its last change; make the recorder close the file when the call ends, then drop it again",
         )
@@ -362,7 +363,7 @@ def _plan_pair(present: list[_File], settled_at: float, now: float, rules: Rules
         if expires_at > now:
             return expires_at
         waited = f"{rules.pair_timeout_s:g} s"
-        problem = Problem("empty_file", f"{audio.name} was still empty (0 bytes) {waited} after it settled")
+        problem = Problem(Reason.EMPTY_FILE, f"{audio.name} was still empty (0 bytes) {waited} after it settled")
         out.expired.append(Expired(tuple(f.posix() for f in present), problem))
         return None
     if settled_at > now:
@@ -390,7 +391,7 @@ def _match(members: list[_File]) -> tuple[list[tuple[_File | None, _File | None]
         if len(match) > 1:
             names = " or ".join(m.name for m in match)
             problem = Problem(
-                "ambiguous_sidecar",
+                Reason.AMBIGUOUS_SIDECAR,
                 f"{side.name} could belong to {names}; name it after one recording, e.g. {match[0].name}.json",
             )
             ambiguous.append(([*match, side], problem))
@@ -411,7 +412,7 @@ def _plan_bad_names(members: list[_File], now: float, rules: Rules, out: Decided
         return settled_at
     bad = next(f.path for f in members if not is_text(f.path))
     problem = Problem(
-        "invalid_name",
+        Reason.INVALID_NAME,
         f"{printable(bad)}: the name is not valid UTF-8 and cannot be sent or recorded; "
         "rename it (e.g. convmv -f latin1 -t utf8) and drop it again",
     )
@@ -424,12 +425,12 @@ def _orphan_problem(name: str, rules: Rules) -> Problem:
     kind, stem = classify(name)
     if kind == "sidecar":
         return Problem(
-            "missing_recording",
+            Reason.MISSING_RECORDING,
             f"sidecar {name} waited {waited} for {stem}.mp3 or {stem}.wav, which never came; "
             "drop the recording and its sidecar again together",
         )
     return Problem(
-        "missing_sidecar",
+        Reason.MISSING_SIDECAR,
         f"recording {name} waited {waited} for its sidecar {stem}.json, which never came; "
         "drop both again, or set watch.require_sidecar = false to upload lone recordings",
     )

@@ -115,6 +115,10 @@ class WatchSettings(_Section):
     require_sidecar: bool = True
     # How long, once settled, a half pair, an empty recording or one held open unchanged waits before failed/.
     pair_timeout_seconds: float = Field(default=600.0, gt=0)
+    # A settled recording whose own structure says bytes are missing waits this long, then is failed
+    # (reason truncated) or, with truncated = "upload", sent as it is with a warning.
+    incomplete_timeout_seconds: float = Field(default=600.0, gt=0)
+    truncated: Literal["fail", "upload"] = "fail"
     ignore: tuple[str, ...] = DEFAULT_IGNORE
 
 

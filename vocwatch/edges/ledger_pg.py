@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,17 +28,18 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from vocwatch.core.model import Clock
 
 # Every commit is durable here (the server's synchronous_commit): no DURABLE distinction as in SQLite.
-from vocwatch.core.states import FINAL, OPEN, Row, State, allowed
+from vocwatch.core.states import FINAL, FINAL_JOB, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
+from vocwatch.edges.ledger import AUDIO_COLUMNS, StaleRowError
 from vocwatch.edges.ledger import COLUMNS as SQLITE_COLUMNS
-from vocwatch.edges.ledger import StaleRowError
 
 __all__ = ["LeaseLostError", "LedgerUnavailableError", "PgLedger", "redact"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Each entry brings the schema from version i to i + 1; run under an advisory lock, in one transaction.
+# Version 2: what the recording holds and what its structure said, as the SQLite ledger's version 3.
 _MIGRATIONS = [
     """
     CREATE TABLE recordings (
@@ -92,10 +93,19 @@ _MIGRATIONS = [
         taken_at TIMESTAMPTZ
     );
     """,
+    """
+    ALTER TABLE recordings ADD COLUMN duration_seconds DOUBLE PRECISION;
+    ALTER TABLE recordings ADD COLUMN codec TEXT;
+    ALTER TABLE recordings ADD COLUMN sample_rate INTEGER;
+    ALTER TABLE recordings ADD COLUMN channels INTEGER;
+    ALTER TABLE recordings ADD COLUMN structure TEXT;
+    """,
 ]
 
-COLUMNS = [*SQLITE_COLUMNS, "host"]
+COLUMNS = list(SQLITE_COLUMNS)  # host included: the instance that took (here: last held) the row
 _COLS = ", ".join(COLUMNS)
+# A job is followed until one of these; any other status (documented or not) is asked about again.
+_FINAL_JOBS = "(" + ", ".join(f"'{j}'" for j in sorted(FINAL_JOB)) + ")"
 # Connection settings added unless the URL (or PG* environment) names them: a partition must not hang a
 # call for the kernel's TCP timeout (hours), and the server should say who is connected.
 _DEFAULTS = {
@@ -317,13 +327,19 @@ class PgLedger:
         return self._select("WHERE recording_id = %s OR job_id = %s ORDER BY id", (ident, ident))
 
     def rows(
-        self, *, state: str | None = None, since: float | None = None, recording_id: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        recording_id: str | None = None,
+        created_since: float | None = None,
     ) -> list[Row]:
         clauses, args = [], []
         for clause, value in (
             ("state = %s", state),
             ("updated_at >= %s", since),
             ("recording_id = %s", recording_id),
+            ("created_at >= %s", created_since),
         ):
             if value is not None:
                 clauses.append(clause)
@@ -344,7 +360,7 @@ class PgLedger:
     def due_polls(self, now: float, limit: int = 100) -> list[Row]:
         return self._select(
             "WHERE job_id IS NOT NULL AND state IN ('accepted', 'uploaded', 'done') "
-            "AND (job_status IS NULL OR job_status = 'started') AND next_poll_at <= %s "
+            f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS}) AND next_poll_at <= %s "
             "ORDER BY next_poll_at LIMIT %s",
             (now, limit),
         )
@@ -359,7 +375,8 @@ class PgLedger:
         def read(conn: psycopg.Connection[tuple[Any, ...]], retry: bool) -> float | None:
             found = conn.execute(
                 "SELECT MIN(next_poll_at) FROM recordings WHERE job_id IS NOT NULL "
-                "AND state IN ('accepted', 'uploaded', 'done') AND (job_status IS NULL OR job_status = 'started')"
+                "AND state IN ('accepted', 'uploaded', 'done') "
+                f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS})"
             ).fetchone()
             return None if found is None or found[0] is None else float(found[0])
 
@@ -381,9 +398,21 @@ class PgLedger:
             conn.execute(f"SELECT 1 FROM leases WHERE holder = %s AND {_LIVE}", (self.holder,)).fetchone() is not None
         )
 
-    def claim(self, recording_id: str, sha256: str, file: str, size: int, take: Row | None = None) -> Row | None:
+    def claim(
+        self,
+        recording_id: str,
+        sha256: str,
+        file: str,
+        size: int,
+        take: Row | None = None,
+        audio: Mapping[str, Any] | None = None,
+    ) -> Row | None:
         """As the SQLite ledger's; also refused (LeaseLostError) while this daemon holds no live lease."""
         now = self._clock.time()
+        extra = {k: v for k, v in (audio or {}).items() if k in AUDIO_COLUMNS}
+        names = "".join(f", {k}" for k in extra)
+        marks = ", %s" * len(extra)
+        sets = "".join(f"{k} = %s, " for k in extra)
         op = uuid.uuid4().hex
         point(Effect.COMMIT, self.path)
 
@@ -395,9 +424,9 @@ class PgLedger:
             if take is None:
                 found = conn.execute(
                     "INSERT INTO recordings (recording_id, sha256, file, size, state, holder, host, op_id, created_at, "
-                    "updated_at) VALUES (%s, %s, %s, %s, 'claimed', %s, %s, %s, %s, %s) "
+                    f"updated_at{names}) VALUES (%s, %s, %s, %s, 'claimed', %s, %s, %s, %s, %s{marks}) "
                     "ON CONFLICT DO NOTHING RETURNING id",
-                    (recording_id, sha256, file, size, self.holder, self.holder, op, now, now),
+                    (recording_id, sha256, file, size, self.holder, self.holder, op, now, now, *extra.values()),
                 ).fetchone()
                 if found is None:  # another daemon opened a row for this content meanwhile
                     return None
@@ -408,9 +437,21 @@ class PgLedger:
                     with conn.transaction():
                         cur = conn.execute(
                             "UPDATE recordings SET state = 'claimed', file = %s, sha256 = %s, size = %s, holder = %s, "
-                            "host = %s, op_id = %s, updated_at = %s "
+                            f"host = %s, destination = NULL, duplicate_of = NULL, {sets}op_id = %s, updated_at = %s "
                             "WHERE id = %s AND state = %s AND holder IS NOT DISTINCT FROM %s",
-                            (file, sha256, size, self.holder, self.holder, op, now, take.id, take.state, take.holder),
+                            (
+                                file,
+                                sha256,
+                                size,
+                                self.holder,
+                                self.holder,
+                                *extra.values(),
+                                op,
+                                now,
+                                take.id,
+                                take.state,
+                                take.holder,
+                            ),
                         )
                 except psycopg.errors.UniqueViolation:
                     return None
@@ -479,6 +520,33 @@ class PgLedger:
                 )
             detail = fields.get("last_error") or fields.get("job_id") or fields.get("destination")
             _event(conn, row.id, now, event or state, None if detail is None else str(detail))
+            return self._get(conn, row.id)
+
+        return self._run(write)
+
+    def note(self, row: Row, event: str, **fields: Any) -> Row:
+        """Set ``fields`` on ``row`` in the state and holder it was read with (a failure's or a duplicate's
+        destination, before its files move); StaleRowError if it changed (a peer took it over)."""
+        _check(fields)
+        now = self._clock.time()
+        op = uuid.uuid4().hex
+        point(Effect.COMMIT, self.path)
+
+        def write(conn: psycopg.Connection[tuple[Any, ...]], retry: bool) -> Row:
+            if retry and (done := self._by_op(conn, op)) is not None:
+                return done
+            assignments = "".join(f"{name} = %s, " for name in fields)
+            cur = conn.execute(
+                f"UPDATE recordings SET {assignments}op_id = %s, updated_at = %s "
+                "WHERE id = %s AND state = %s AND holder IS NOT DISTINCT FROM %s",
+                (*fields.values(), op, now, row.id, row.state, row.holder),
+            )
+            if cur.rowcount != 1:
+                raise StaleRowError(
+                    f"ledger row {row.id} ({row.recording_id}) is no longer {row.state} held by {row.holder}"
+                )
+            detail = fields.get("destination") or fields.get("last_error")
+            _event(conn, row.id, now, event, None if detail is None else str(detail))
             return self._get(conn, row.id)
 
         return self._run(write)

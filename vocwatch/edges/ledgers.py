@@ -5,7 +5,7 @@ The runtime and the command line speak only to this Protocol; build() in runtime
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from vocwatch.core.model import Clock
@@ -28,7 +28,12 @@ class LedgerStore(Protocol):
     def lookup(self, ident: str) -> list[Row]: ...
 
     def rows(
-        self, *, state: str | None = None, since: float | None = None, recording_id: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        recording_id: str | None = None,
+        created_since: float | None = None,
     ) -> list[Row]: ...
 
     def iter_all(self) -> Iterator[Row]: ...
@@ -41,13 +46,23 @@ class LedgerStore(Protocol):
 
     def next_poll_at(self) -> float | None: ...
 
-    def claim(self, recording_id: str, sha256: str, file: str, size: int, take: Row | None = None) -> Row | None: ...
+    def claim(
+        self,
+        recording_id: str,
+        sha256: str,
+        file: str,
+        size: int,
+        take: Row | None = None,
+        audio: Mapping[str, Any] | None = None,
+    ) -> Row | None: ...
 
     def record_terminal(
         self, recording_id: str, sha256: str, file: str, size: int, state: State, **fields: Any
     ) -> Row: ...
 
     def transition(self, row: Row, state: State, event: str | None = None, **fields: Any) -> Row: ...
+
+    def note(self, row: Row, event: str, **fields: Any) -> Row: ...
 
     def begin_attempt(self, row: Row) -> Row: ...
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vocwatch.core.model import Problem
+from vocwatch.core.reasons import Reason
 
 MAX_SIDECAR_BYTES = 64 * 1024
 HEAD_BYTES = 12
@@ -25,10 +26,10 @@ CONTENT_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav"}
 
 def check_recording_id(value: object) -> Problem | None:
     if not isinstance(value, str):
-        return Problem("missing_id", 'the sidecar needs a string "id" (the recording\'s id)')
+        return Problem(Reason.MISSING_ID, 'the sidecar needs a string "id" (the recording\'s id)')
     if not _ID.fullmatch(value) or value in {".", ".."}:
         return Problem(
-            "invalid_id",
+            Reason.INVALID_ID,
             f"id {value[:80]!r} must be 1-255 letters, digits, '.', '-' or '_', and not '.' or '..'",
         )
     return None
@@ -37,20 +38,22 @@ def check_recording_id(value: object) -> Problem | None:
 def parse_sidecar(raw: bytes) -> dict[str, Any] | Problem:
     """The sidecar's JSON object, or the Problem with it. A UTF-8 BOM is tolerated."""
     if len(raw) > MAX_SIDECAR_BYTES:
-        return Problem("sidecar_too_large", f"sidecar is {len(raw)} bytes; at most 65536 are allowed")
+        return Problem(Reason.SIDECAR_TOO_LARGE, f"sidecar is {len(raw)} bytes; at most 65536 are allowed")
     try:
         value = json.loads(raw.decode("utf-8-sig"), parse_float=_finite_float, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
-        return Problem("sidecar_not_json", f"sidecar is not valid UTF-8 JSON: {exc}")
+        return Problem(Reason.SIDECAR_NOT_JSON, f"sidecar is not valid UTF-8 JSON: {exc}")
     except RecursionError:
-        return Problem("sidecar_not_json", "sidecar is nested too deeply to be read as JSON")
+        return Problem(Reason.SIDECAR_NOT_JSON, "sidecar is nested too deeply to be read as JSON")
     if not isinstance(value, dict):
-        return Problem("sidecar_not_object", f"sidecar holds a JSON {type(value).__name__}, not an object")
+        return Problem(Reason.SIDECAR_NOT_OBJECT, f"sidecar holds a JSON {type(value).__name__}, not an object")
     try:
         # A \ud800 escape parses, but no UTF-8 request body can carry it.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        return Problem("sidecar_not_json", "sidecar holds a lone surrogate escape (e.g. \\ud800), which is not text")
+        return Problem(
+            Reason.SIDECAR_NOT_JSON, "sidecar holds a lone surrogate escape (e.g. \\ud800), which is not text"
+        )
     problem = check_recording_id(value.get("id"))
     return problem if problem is not None else value
 
@@ -83,15 +86,15 @@ def check_audio(name: str, size: int, head: bytes, max_bytes: int) -> Problem | 
     """Extension, size and magic bytes of a recording."""
     suffix = Path(name).suffix.lower()
     if suffix not in CONTENT_TYPES:
-        return Problem("unsupported_format", f"{name}: only .mp3 and .wav recordings are accepted")
+        return Problem(Reason.UNSUPPORTED_FORMAT, f"{name}: only .mp3 and .wav recordings are accepted")
     if size == 0:
-        return Problem("empty_file", f"{name} is empty (0 bytes)")
+        return Problem(Reason.EMPTY_FILE, f"{name} is empty (0 bytes)")
     if size > max_bytes:
-        return Problem("too_large", f"{name} is {size} bytes; the limit (upload.max_bytes) is {max_bytes}")
+        return Problem(Reason.TOO_LARGE, f"{name} is {size} bytes; the limit (upload.max_bytes) is {max_bytes}")
     if suffix == ".wav" and not (head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE"):
-        return Problem("content_mismatch", f"{name} has no RIFF/WAVE header; it is not a WAV file")
+        return Problem(Reason.CONTENT_MISMATCH, f"{name} has no RIFF/WAVE header; it is not a WAV file")
     if suffix == ".mp3" and not (head[:3] == b"ID3" or _is_mpeg_sync(head)):
-        return Problem("content_mismatch", f"{name} has no ID3 tag or MPEG frame sync; it is not an MP3")
+        return Problem(Reason.CONTENT_MISMATCH, f"{name} has no ID3 tag or MPEG frame sync; it is not an MP3")
     return None
 
 
@@ -109,18 +112,18 @@ def open_regular(path: Path) -> int | Problem:
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
-            return Problem("not_regular_file", f"{path.name} is a symbolic link; links are never followed")
+            return Problem(Reason.NOT_REGULAR_FILE, f"{path.name} is a symbolic link; links are never followed")
         if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.ENODEV):  # a socket or device node
-            return Problem("not_regular_file", f"{path.name} is not a regular file ({_describe(path)})")
-        return Problem("unreadable", f"{path.name} could not be opened: {exc.strerror}")
+            return Problem(Reason.NOT_REGULAR_FILE, f"{path.name} is not a regular file ({_describe(path)})")
+        return Problem(Reason.UNREADABLE, f"{path.name} could not be opened: {exc.strerror}")
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
             return fd
-        problem = Problem("not_regular_file", f"{path.name} is not a regular file ({_describe_mode(mode)})")
+        problem = Problem(Reason.NOT_REGULAR_FILE, f"{path.name} is not a regular file ({_describe_mode(mode)})")
     except OSError as exc:
-        problem = Problem("unreadable", f"{path.name} could not be read: {exc.strerror}")
+        problem = Problem(Reason.UNREADABLE, f"{path.name} could not be read: {exc.strerror}")
     os.close(fd)
     return problem
 

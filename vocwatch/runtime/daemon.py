@@ -154,6 +154,7 @@ def build(
         on_conflict=OnConflict(up.on_conflict),
         done_stage=Stage.UPLOADED if f.done_after == "completed" else Stage.DONE,
         require_sidecar=settings.watch.require_sidecar,
+        truncated=settings.watch.truncated,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
     )
     pipeline = Pipeline(
@@ -209,6 +210,7 @@ class Daemon:
                 ignore=watch.ignore,
                 recursive=watch.recursive,
                 rescan_s=watch.rescan_seconds,
+                incomplete_timeout_s=watch.incomplete_timeout_seconds,
             ),
         )
         p.pool.on_idle = self.planner.hint
@@ -225,7 +227,9 @@ class Daemon:
             factor=st.poll_factor,
             move_on_completion=settings.folders.done_after == "completed",
             unknown_after_s=st.unknown_job_seconds,
+            in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,
+            holder_alive=p.holder_alive,
         )
         p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)
         p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)

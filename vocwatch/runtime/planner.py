@@ -21,12 +21,14 @@ from typing import Any, cast
 import structlog
 
 from vocwatch.core import pairing
+from vocwatch.core.audio import Incomplete
 from vocwatch.core.model import Clock, Pair
 from vocwatch.core.pairing import Key, Rules, printable
+from vocwatch.edges.audio import structure
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
-from vocwatch.runtime.pipeline import error_document, name_too_long
+from vocwatch.runtime.errors import error_document, name_too_long
 from vocwatch.runtime.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, modified, closed, closed_no_write,
@@ -37,6 +39,8 @@ Hint = tuple[str, str, str | None]
 # were lost (for polling: twice the interval, plus time to take the snapshot).
 UNANNOUNCED_AGE_S = 1.0
 CLAIM_RETRY_S = 1.0
+# A recording whose structure says it is incomplete is looked at again this often (at least), while unchanged.
+INCOMPLETE_RECHECK_S = 1.0
 # Pair groups planned at a time: a 100,000-pair first scan is not planned (and held) all at once,
 # and the pool is fed between slices, so the first claim need not wait for the whole plan.
 PLAN_SLICE = 2000
@@ -57,6 +61,7 @@ class ScanOptions:
     ignore: tuple[str, ...]
     recursive: bool
     rescan_s: float
+    incomplete_timeout_s: float = 600.0  # watch.incomplete_timeout_seconds
 
 
 class Planner:
@@ -79,6 +84,7 @@ class Planner:
         self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
         self._handle_events = False  # inotify reports opens and closes (not polling, not unwatched)
         self._stop = threading.Event()
+        self._incomplete_seen: dict[str, float] = {}  # recording -> stable_since of its last claim.incomplete
         self.scans = 0
         self.unannounced = 0
         self.last_progress = clock.monotonic()
@@ -296,6 +302,31 @@ class Planner:
                 self._inbox.hold(rel, None)  # the kernel's word outweighs merged or missed events
         return False
 
+    def _incomplete(self, audio: str) -> bool:
+        """The structural guard (README, completeness rules): a settled recording whose own headers say bytes
+        are missing is not claimed, but looked at again; once unchanged for incomplete_timeout_s it is claimed,
+        and the pipeline fails it as truncated (or sends it, watch.truncated = "upload")."""
+        entry = self._inbox.entries.get(audio)
+        verdict = structure(self._root / audio) if entry is not None else None
+        if not isinstance(verdict, Incomplete) or entry is None:
+            self._incomplete_seen.pop(audio, None)
+            return False  # complete, or the structure cannot tell (the settle rule decides), or no safe open
+        now = self._clock.monotonic()
+        deadline = entry.stable_since + self._opts.incomplete_timeout_s
+        facts = {"present": verdict.present, "declared": verdict.declared, "cut_offset": verdict.cut_offset}
+        if now >= deadline:
+            self._incomplete_seen.pop(audio, None)
+            self._log.warning("claim.truncated", file=printable(audio), why=verdict.why, **facts)
+            return False
+        if self._incomplete_seen.get(audio) != entry.stable_since:
+            if len(self._incomplete_seen) > 10_000:  # files deleted while waiting: forget them now and then
+                self._incomplete_seen = {k: v for k, v in self._incomplete_seen.items() if k in self._inbox.entries}
+            self._incomplete_seen[audio] = entry.stable_since
+            self._log.info("claim.incomplete", file=printable(audio), why=verdict.why, **facts)
+        recheck = now + max(self._opts.rules.settle_s, INCOMPLETE_RECHECK_S)
+        self._schedule(pairing.group_key(audio), min(recheck, deadline))
+        return True
+
     def _claim(self, ready: Ready) -> None:
         audio, sidecar = ready
         rels = [audio] if sidecar is None else [audio, sidecar]
@@ -304,6 +335,8 @@ class Planner:
         now = self._clock.monotonic()
         if any(self._inbox.entries[rel].settled_at(self._opts.rules) > now for rel in rels):
             return  # changed since it was found ready: the re-plan decides again
+        if self._incomplete(audio):
+            return
         key = pairing.group_key(audio)
         pair = Pair(PurePosixPath(audio), PurePosixPath(sidecar) if sidecar is not None else None)
         try:
