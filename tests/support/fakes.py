@@ -18,6 +18,7 @@ class FakeClock:
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start
+        self._lock = threading.Lock()
 
     def time(self) -> float:
         return self.now
@@ -26,7 +27,13 @@ class FakeClock:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
+
+    def sleep_until(self, deadline: float) -> None:
+        """A sleeper that makes time pass instead: thread-safe, and time never goes back."""
+        with self._lock:
+            self.now = max(self.now, deadline)
 
 
 class Crash(BaseException):

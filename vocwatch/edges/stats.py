@@ -28,6 +28,9 @@ class Stats:
             "vocwatch_upload_duration_seconds", "Time of one accepted upload request", buckets=_BUCKETS, registry=r
         )
         self._jobs = prom.Counter("vocwatch_jobs", "Job status replies, by remote status", ["status"], registry=r)
+        self._body = prom.Counter(
+            "vocwatch_upload_body_sent_bytes", "Recording bytes handed to the network (upload.bandwidth)", registry=r
+        )
         self._last = prom.Gauge("vocwatch_last_success_timestamp_seconds", "When an upload last succeeded", registry=r)
 
     def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
@@ -38,6 +41,10 @@ class Stats:
             self._bytes.inc(nbytes)
             self._duration.observe(seconds)
             self._last.set(time.time())
+
+    def body_bytes(self, at: float, nbytes: int) -> None:
+        """The bandwidth limiter handed out ``nbytes`` of a recording's body."""
+        self._body.inc(nbytes)
 
     def retried(self, reason: str) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from vocwatch.edges.logs import SCRUB
 from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
 from vocwatch.edges.stats import Stats
 from vocwatch.edges.stats import serve as serve_metrics
+from vocwatch.edges.throttle import Bandwidth
 from vocwatch.edges.watcher import Watcher
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
@@ -34,6 +35,7 @@ from vocwatch.runtime.pool import Pool
 from vocwatch.runtime.recovery import other_instances as p_others
 from vocwatch.runtime.recovery import recover
 from vocwatch.runtime.supervisor import CallbackService, LoopService, Service, Supervisor
+from vocwatch.runtime.window import UploadWindow
 
 EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
 # A planner or poller loop ticks at least every second; one silent for this long is stalled.
@@ -53,8 +55,10 @@ class Parts:
     pipeline: Pipeline
     pool: Pool
     stats: Stats
+    bandwidth: Bandwidth
 
     def close(self) -> None:
+        self.bandwidth.stop()
         self.client.close()
         self.ledger.close()
         self.folders.unlock()
@@ -129,8 +133,16 @@ def build(
         trust_env=api.trust_env,
         proxy=api.proxy,
     )
-    client = CrescendoClient(http=http, base_url=str(api.base_url), tenant_id=api.tenant_id, key=key)
     up = settings.upload
+    # One limiter for every worker of this process: upload.bandwidth holds for all of them together.
+    bandwidth = Bandwidth(up.timetable, clock, on_grant=stats.body_bytes)
+    client = CrescendoClient(
+        http=http,
+        base_url=str(api.base_url),
+        tenant_id=api.tenant_id,
+        key=key,
+        limiter=bandwidth,
+    )
     gate = Gate(
         clock,
         initial_backoff=up.initial_backoff_seconds,
@@ -154,7 +166,12 @@ def build(
         clock=clock,
         give_up_after_s=up.give_up_after_seconds,
     )
-    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats)
+    stats.live(
+        "vocwatch_bandwidth_limit_bytes_per_second",
+        "upload.bandwidth in force now (0: no limit)",
+        lambda: bandwidth.rate() or 0,
+    )
+    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats, bandwidth)
 
 
 def require_key(settings: Settings) -> None:
@@ -179,6 +196,9 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.log = structlog.get_logger("vocwatch.runtime.daemon")
         p = self.parts
+        self.window = UploadWindow(settings.upload.upload_window, p.clock)
+        p.pool.window = self.window
+        p.stats.live("vocwatch_upload_window_open", "1 while upload.window lets uploads start", self.window.is_open)
         watch = settings.watch
         # The pool wakes the planner when a slot frees, so a backlog drains without polling.
         self.planner = Planner(
@@ -357,11 +377,16 @@ class Daemon:
         counts = p.stats.snapshot()
         gate = p.gate.state()
         state = "auth paused" if gate.auth_paused else ("backing off" if gate.open else "ok")
+        waiting = self.window.waiting()
+        if waiting is not None:
+            state = waiting if state == "ok" else f"{waiting}, {state}"
         if self.watcher.problem:  # say why nothing new is taken, not "ok"
             state = f"watcher down: {self.watcher.problem}" + ("" if state == "ok" else f", {state}")
+        limit = f", bandwidth {p.bandwidth.describe()}" if p.bandwidth.limited else ""
         return (
             f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"
+            f"{limit}"
         )
 
 

@@ -22,6 +22,7 @@ from vocwatch.core.model import AuthProblem, Clock, Retry
 from vocwatch.edges.folders import Claimed
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
+from vocwatch.runtime.window import UploadWindow
 
 _STOP = object()
 
@@ -50,8 +51,10 @@ class Pool:
         give_up_after_s: float | None = None,
         on_idle: Callable[[], None] = lambda: None,
         on_done: Callable[[Claimed, str], None] = lambda c, s: None,
+        window: UploadWindow | None = None,
     ) -> None:
         self.name = "pool"
+        self.window = window  # upload.window: outside it nothing new is taken, and no attempt starts
         self._pipeline = pipeline
         self._gate = gate
         self._clock = clock
@@ -98,6 +101,9 @@ class Pool:
         return True
 
     def has_room(self) -> bool:
+        """May the planner claim one more pair now? Not while full, stopping, or outside the upload window."""
+        if self.window is not None and not self.window.is_open():
+            return False
         return not self._stopping.is_set() and self._queue.qsize() < self._capacity
 
     def owns(self, claimed: Claimed) -> bool:
@@ -252,6 +258,10 @@ class Pool:
         first_failure: float | None = None
         while True:
             self._mark(i, "waiting", prepared)
+            if self.window is not None and not self.window.wait_open(self._stopping):
+                self._mark(i, "working")
+                self._pipeline.release(prepared, "shutting down")
+                return "released"
             if self._stopping.is_set() or not self._gate.acquire():
                 self._mark(i, "working")
                 self._pipeline.release(prepared, "shutting down")
