@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from support.fakes import FakeClock, MemoryUploader, NullRecorder
-from vocwatch.core.journey import OnConflict
+from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Pair, Retry
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
@@ -57,6 +57,7 @@ class World:
     holder: str = "host-1"
     done_stage: Stage = Stage.DONE
     require_sidecar: bool = True
+    done_action: DoneAction = DoneAction.MOVE
     process: Process | None = None
     log: Any = QUIET
 
@@ -86,6 +87,7 @@ class World:
             done_stage=self.done_stage,
             poll_initial_s=1.0,
             require_sidecar=self.require_sidecar,
+            done_action=self.done_action,
         )
         pipeline = Pipeline(
             folders=folders,
@@ -159,6 +161,7 @@ class World:
             move_on_completion=True,
             unknown_after_s=60.0,
             log=QUIET,
+            done_action=self.done_action,
         )
         self.clock.advance(20.0)
         return poller.poll_due()

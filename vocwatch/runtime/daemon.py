@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from vocwatch.core.health import Limits, Observations, healthy, upload_limit
-from vocwatch.core.journey import OnConflict
+from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Clock
 from vocwatch.core.pairing import Rules
 from vocwatch.core.states import Stage
@@ -156,6 +156,8 @@ def build(
         done_stage=Stage.UPLOADED if f.done_after == "completed" else Stage.DONE,
         require_sidecar=settings.watch.require_sidecar,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
+        done_action=DoneAction(f.done_action),
+        done_layout=f.done_layout,
     )
     pipeline = Pipeline(folders=folders, client=client, ledger=ledger, clock=clock, options=options, recorder=stats)
     pool = Pool(
@@ -210,9 +212,15 @@ class Daemon:
                 ignore=watch.ignore,
                 recursive=watch.recursive,
                 rescan_s=watch.rescan_seconds,
+                order=settings.upload.order,
             ),
         )
         p.pool.on_idle = self.planner.hint
+        p.stats.live(
+            "vocwatch_oldest_pending_age_seconds",
+            "Age (by mtime) of the oldest complete pair not yet delivered; 0 when none waits",
+            self.oldest_pending_age,
+        )
         st = settings.status
         self.poller = StatusPoller(
             ledger=p.ledger,
@@ -225,6 +233,8 @@ class Daemon:
             move_on_completion=settings.folders.done_after == "completed",
             unknown_after_s=st.unknown_job_seconds,
             on_status=p.stats.job_status,
+            done_action=DoneAction(settings.folders.done_action),
+            done_layout=settings.folders.done_layout,
         )
         p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)
         p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)
@@ -266,6 +276,11 @@ class Daemon:
         services.append(CallbackService("watcher", self.watcher.start, self.watcher.stop))
         services.append(self._planner_loop)
         return services
+
+    def oldest_pending_age(self) -> float:
+        """Seconds since the mtime of the oldest complete pair that is ready, queued or being uploaded."""
+        times = [t for t in (self.planner.oldest_ready_mtime(), self.parts.pool.oldest_mtime()) if t is not None]
+        return max(0.0, self.parts.clock.time() - min(times)) if times else 0.0
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()

@@ -17,10 +17,13 @@ import structlog
 from vocwatch.core.journey import (
     Busy,
     Conflict,
+    DoneAction,
     DropCopies,
     Duplicate,
+    FinishDelete,
     FinishMove,
     LoneSeen,
+    LoneStep,
     OnConflict,
     ReturnToInbox,
     Seen,
@@ -31,6 +34,7 @@ from vocwatch.core.journey import (
 from vocwatch.core.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
 from vocwatch.core.pairing import classify, printable
 from vocwatch.core.reasons import REASONS
+from vocwatch.core.schedule import layout_folder
 from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.client import metadata_json
 from vocwatch.edges.folders import Claimed, Folders
@@ -71,6 +75,8 @@ class PipelineOptions:
     done_stage: Stage = Stage.DONE
     poll_initial_s: float | None = 5.0  # None: the status poller is off
     require_sidecar: bool = True
+    done_action: DoneAction = DoneAction.MOVE
+    done_layout: str = ""  # folders.done_layout: done/'s sub-folder by acceptance date
 
 
 @dataclass(slots=True)
@@ -228,7 +234,7 @@ class Pipeline:
         while races < MAX_RACES:
             rows = self.ledger.find(rid)
             seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide(rows, seen, self.options.on_conflict)
+            step = decide(rows, seen, self.options.on_conflict, self.options.done_action)
             if isinstance(step, Upload):
                 row = self.ledger.claim(rid, digest, rel, size, step.take)
                 if row is not None:
@@ -238,8 +244,8 @@ class Pipeline:
                 log.info("claim.busy", holder=step.row.holder, note="another vocwatch is uploading this recording")
                 if self._stopping.wait(BUSY_POLL_S):
                     return Unsettled("shutting down while another process held this recording")
-            elif isinstance(step, FinishMove):
-                # A crash fell between committing the job id and moving the files: finish the move.
+            elif isinstance(step, FinishMove | FinishDelete):
+                # A crash fell between committing the job id and moving (or deleting) the files: finish that.
                 self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
                 return "done"
             elif isinstance(step, DropCopies):
@@ -262,11 +268,19 @@ class Pipeline:
 
     def _duplicate(self, claimed: Claimed, of: Row, rid: str, digest: str, size: int, log: Log) -> Finished:
         job = of.job_id or of.duplicate_of
-        dest = self.folders.finish(claimed, Stage.DONE)
-        self.ledger.record_terminal(
-            rid, digest, str(claimed.pair.audio), size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
-        )
-        log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
+        rel = str(claimed.pair.audio)
+        if self.options.done_action == DoneAction.DELETE:
+            # Recorded first (as deleted: no destination), then removed: a lone recording a crash leaves is
+            # known by that row and deleted too (core.journey.decide_lone), never sent or put back.
+            row = self.ledger.record_terminal(rid, digest, rel, size, State.DUPLICATE, duplicate_of=job)
+            self.folders.remove(claimed)
+            log.info("upload.duplicate", job_id=job, destination=None, deleted=True, bytes=size, row=row.id)
+        else:
+            dest = self.folders.finish(claimed, Stage.DONE, sub=self._done_folder())
+            self.ledger.record_terminal(
+                rid, digest, rel, size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
+            )
+            log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
         self.recorder.finished("duplicate")
         return "duplicate"
 
@@ -276,15 +290,20 @@ class Pipeline:
         rel = str(claimed.pair.audio)
         rows = self.ledger.by_file(rel)
         if not any(r.state in (State.ACCEPTED, State.DONE, State.UPLOADED, State.DUPLICATE) for r in rows):
-            step: FinishMove | DropCopies | ReturnToInbox | Busy = ReturnToInbox()
+            step: LoneStep = ReturnToInbox()
         else:
             try:
                 digest = _sha256_of(claimed.audio)
             except OSError:
                 return None  # let the pair's own path say why it cannot be read
             seen = LoneSeen(rel, digest, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide_lone(rows, seen)
-        if isinstance(step, FinishMove):
+            step = decide_lone(rows, seen, self.options.done_action)
+        if isinstance(step, FinishDelete) and step.row.state != State.ACCEPTED:
+            # A duplicate recorded as deleted whose sidecar went before a crash: the recording goes too.
+            self.folders.remove(claimed)
+            log.info("recover.deleted", row=step.row.id, state=str(step.row.state))
+            return "done"
+        if isinstance(step, FinishMove | FinishDelete):
             log.info("recover.half_moved", job_id=step.row.job_id, destination=step.row.destination)
             self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
             return "done"
@@ -329,7 +348,8 @@ class Pipeline:
 
     def _accepted(self, prep: Prepared, job_id: str, seconds: float) -> None:
         log = prep.log.bind(job_id=job_id)
-        dest = self.folders.plan_destination(prep.claimed, self.options.done_stage)
+        sub = self._done_folder() if self.options.done_stage == Stage.DONE else ""
+        dest = self.folders.plan_destination(prep.claimed, self.options.done_stage, sub=sub)
         poll_at = None if self.options.poll_initial_s is None else self.clock.time() + self.options.poll_initial_s
         # The job id is durable before any file moves: a crash from here on never re-uploads.
         prep.row = self.ledger.transition(
@@ -347,12 +367,23 @@ class Pipeline:
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
         self.recorder.finished("done", nbytes=size, seconds=seconds)
 
+    def _done_folder(self) -> str:
+        """done/'s sub-folder for a pair accepted now (folders.done_layout, local time)."""
+        layout = self.options.done_layout
+        return layout_folder(layout, datetime.fromtimestamp(self.clock.time())) if layout else ""
+
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
-        """Move an accepted pair to its recorded destination and mark it done (also crash recovery)."""
+        """Move an accepted pair to its recorded destination (or, done_action = "delete" with done/ as its
+        stage, remove it) and mark it done (also crash recovery). The job id is durable by now."""
         log = log or self.log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
         planned = Path(row.destination) if row.destination else None
         stage = self.folders.stage_of(planned) if planned is not None else None
         stage = stage or self.options.done_stage
+        if stage == Stage.DONE and self.options.done_action == DoneAction.DELETE:
+            self.folders.remove(claimed)  # the sidecar first: a crash leaves the recording, which the row finds
+            self.ledger.transition(row, State.DONE, event="deleted", destination=None)
+            log.debug("files.deleted")
+            return
         dest = self.folders.finish(claimed, stage, planned)
         after = State.UPLOADED if stage == Stage.UPLOADED else State.DONE
         self.ledger.transition(row, after, destination=str(dest))

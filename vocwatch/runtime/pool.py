@@ -73,6 +73,7 @@ class Pool:
         self._activity = [_Activity("idle", clock.monotonic()) for _ in range(workers)]
         self._queue_moved = clock.monotonic()
         self._in_flight: set[str] = set()  # every path of every pair queued or being worked on
+        self._mtimes: dict[str, float] = {}  # each queued or worked-on recording's mtime (oldest pending gauge)
         self._count = 0
         self._stopping = threading.Event()
         self._idle = threading.Condition(self._lock)
@@ -87,9 +88,15 @@ class Pool:
         if self._stopping.is_set():
             return False
         paths = [str(p) for p in claimed.paths()]
+        try:
+            mtime = os.lstat(claimed.audio).st_mtime
+        except OSError:
+            mtime = None
         # Registered before it is queued: a worker may finish it before put_nowait returns.
         with self._lock:
             self._in_flight.update(paths)
+            if mtime is not None:
+                self._mtimes[str(claimed.audio)] = mtime
             self._count += 1
         if self._queue.qsize() >= self._capacity:
             self._forget(claimed)
@@ -118,6 +125,11 @@ class Pool:
     def busy(self) -> int:
         with self._lock:
             return self._count - self._queue.qsize()
+
+    def oldest_mtime(self) -> float | None:
+        """The mtime of the oldest recording queued or being worked on (not yet delivered)."""
+        with self._lock:
+            return min(self._mtimes.values(), default=None)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
@@ -192,6 +204,7 @@ class Pool:
     def _forget(self, claimed: Claimed) -> None:
         with self._lock:
             self._in_flight.difference_update(str(p) for p in claimed.paths())
+            self._mtimes.pop(str(claimed.audio), None)
             self._count -= 1
             if self._count == 0:
                 self._idle.notify_all()

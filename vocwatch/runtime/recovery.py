@@ -47,7 +47,7 @@ def recover(parts: Parts, log: Any) -> int:
                 parts.ledger.transition(row, State.DONE, event="recovered", destination=row.destination)
             elif step == RowStep.MARK_UPLOADED:
                 parts.ledger.transition(row, State.UPLOADED, event="recovered", destination=row.destination)
-            elif step in (RowStep.SETTLE_DONE, RowStep.SETTLE_FAILED):
+            elif step in (RowStep.SETTLE_DONE, RowStep.SETTLE_FAILED, RowStep.SETTLE_DELETE):
                 continue  # the status poller's settle pass moves these, at its first tick
             else:
                 continue
