@@ -146,3 +146,23 @@ class FailAt:
             self.then()
             return
         raise self.error
+
+
+class ShiftedClock:
+    """Real time plus an offset a test moves: a daemon's settle waits still pass, yet a test can jump to
+    19:59 or a month later (windows, timetables, retention) without waiting for it."""
+
+    def __init__(self, at: float | None = None) -> None:
+        import time as _time
+
+        self._time = _time
+        self.offset = 0.0 if at is None else at - _time.time()
+
+    def time(self) -> float:
+        return self._time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return self._time.monotonic() + self.offset
+
+    def jump_to(self, at: float) -> None:
+        self.offset += at - self.time()

@@ -63,6 +63,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS recordings_open ON recordings (recording_id, s
     WHERE state IN ('claimed', 'uploading');
 """
 
+# Indexes added outside the numbered migrations, each guarded by IF NOT EXISTS (so they merge with any
+# schema version): pruning by age (ledger.keep_days) and `ledger list --since` read rows by updated_at.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS recordings_updated ON recordings (updated_at)",)
+# Rows pruned per transaction: each batch is short, so uploads' commits never wait long behind it.
+PRUNE_BATCH = 5000
+PRUNABLE = ("done", "duplicate")
+
 COLUMNS = [
     "id",
     "recording_id",
@@ -163,8 +170,12 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 # FULL: a commit is on disk before we rename files on the strength of it.
                 self._db.execute("PRAGMA synchronous = FULL")
+                # Space freed by pruning can be given back (incremental vacuum); takes effect in a new file.
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._db.executescript(_SCHEMA)
                 self._migrate()
+                for index in _INDEXES:
+                    self._db.execute(index)
         except sqlite3.Error as exc:
             self._db.close()
             raise unusable(path, exc, readonly=readonly) from exc
@@ -362,6 +373,49 @@ class Ledger:
 
     def _get(self, row_id: int) -> Row:
         return _row(self._db.execute(f"SELECT {_COLS} FROM recordings WHERE id = ?", (row_id,)).fetchone())
+
+    def prune(self, before: float, *, batch: int = PRUNE_BATCH, stop: Any = None) -> int:
+        """Delete done and duplicate rows (and their events) last changed before ``before``, in batches;
+        failed rows are kept. Then give the space back (incremental vacuum). Returns the rows deleted."""
+        deleted = 0
+        marks = ", ".join("?" for _ in PRUNABLE)
+        while stop is None or not stop.is_set():
+            with self._write(durable=False):
+                # One batch, picked once into a temporary table: its events, then the rows themselves.
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_batch (id INTEGER PRIMARY KEY)")
+                self._db.execute("DELETE FROM prune_batch")
+                self._db.execute(
+                    f"INSERT INTO prune_batch SELECT id FROM recordings WHERE updated_at < ? AND state IN ({marks}) "
+                    "LIMIT ?",
+                    (before, *PRUNABLE, batch),
+                )
+                count = int(self._db.execute("SELECT COUNT(*) FROM prune_batch").fetchone()[0])
+                self._db.execute("DELETE FROM events WHERE row_id IN (SELECT id FROM prune_batch)")
+                self._db.execute("DELETE FROM recordings WHERE id IN (SELECT id FROM prune_batch)")
+            deleted += count
+            if count < batch:
+                break
+        if deleted:
+            self.reclaim()
+        return deleted
+
+    def reclaim(self) -> None:
+        """Return free pages to the file system. A ledger made before auto_vacuum was set needs one full
+        VACUUM to switch to incremental mode; after that each prune frees its pages incrementally."""
+        with self._lock:
+            mode = int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0])
+            if mode != 2:  # 2: INCREMENTAL
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                self._db.execute("VACUUM")
+            else:
+                self._db.execute("PRAGMA incremental_vacuum").fetchall()
+
+    def space(self) -> tuple[int, int]:
+        """(pages, free pages) of the ledger file."""
+        with self._lock:
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, free
 
     def update_job(self, row_id: int, **fields: Any) -> None:
         now = self._clock.time()

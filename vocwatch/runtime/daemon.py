@@ -28,6 +28,7 @@ from vocwatch.edges.stats import serve as serve_metrics
 from vocwatch.edges.throttle import Bandwidth
 from vocwatch.edges.watcher import Watcher
 from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.housekeeping import Housekeeping
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
 from vocwatch.runtime.planner import Planner, ScanOptions
 from vocwatch.runtime.poller import StatusPoller
@@ -253,6 +254,18 @@ class Daemon:
             upload_s=upload_limit(api.connect_timeout_seconds, api.read_timeout_seconds, api.read_timeout_seconds),
         )
         self.unhealthy: str | None = None  # why the last heartbeat sent no WATCHDOG=1
+        f = settings.folders
+        self.housekeeping = Housekeeping(
+            folders=p.folders,
+            ledger=p.ledger,
+            clock=p.clock,
+            retention_days=f.done_retention_days,
+            keep_days=settings.ledger.keep_days,
+            keep_out=[f.failed, f.inbox, f.work_root, f.uploaded_root],
+        )
+        self._housekeeping_loop = LoopService(
+            "housekeeping", self.housekeeping.run, self.housekeeping.stop, p.clock
+        )
         self._planner_loop = LoopService("planner", self.planner.run, self.planner.stop, p.clock)
         self._poller_loop = LoopService("status-poller", self.poller.run, self.poller.stop, p.clock)
         self.supervisor = Supervisor(self._services(), p.clock)
@@ -271,6 +284,8 @@ class Daemon:
             services.append(CallbackService("metrics", start_metrics, lambda: stop_metrics.pop()()))
         if self.settings.status.poll:
             services.append(self._poller_loop)
+        if self.housekeeping.needed:
+            services.append(self._housekeeping_loop)
         services.append(self.parts.pool)
         # The watcher before the planner's first scan: nothing dropped in between goes unannounced.
         services.append(CallbackService("watcher", self.watcher.start, self.watcher.stop))
