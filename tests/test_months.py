@@ -3,6 +3,7 @@ done_action = delete, retention, the upload window, the upload order, done_layou
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -121,19 +122,20 @@ def _spool_folders(root: Path) -> Folders:
 def _pair(folder: Path, stem: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.wav").write_bytes(b"RIFF" + b"x" * 100)
-    (folder / f"{stem}.json").write_text('{"id": "%s"}' % stem)
+    (folder / f"{stem}.json").write_text(json.dumps({"id": stem}))
 
 
 def test_retention_deletes_old_pairs_from_done_and_leaves_failed_inbox_and_work_alone(tmp_path: Path) -> None:
     folders = _spool_folders(tmp_path)
-    _pair(folders.stages[folders.stage_of(tmp_path / "done" / "x") or "done"], "flat")  # type: ignore[index]
+    _pair(tmp_path / "done", "flat")
     _pair(tmp_path / "done" / "2026" / "11" / "25", "dated")
     _pair(tmp_path / "failed", "bad")
     (tmp_path / "failed" / "bad.error.json").write_text("{}")
     _pair(tmp_path / "inbox", "waiting")
     _pair(tmp_path / "work" / "host-1", "claimed")
     _pair(tmp_path / "uploaded", "pending")
-    before = {d: sorted(p.name for p in (tmp_path / d).rglob("*") if p.is_file()) for d in ("failed", "inbox", "work", "uploaded")}  # fmt: skip
+    kept = ("failed", "inbox", "work", "uploaded")
+    before = {d: sorted(p.name for p in (tmp_path / d).rglob("*") if p.is_file()) for d in kept}
     ledger = Ledger(tmp_path / "ledger.sqlite3", FakeClock())
     clock = FakeClock(time.time() + 29 * DAY)  # files made now are 29 days old: kept
     keeper = Housekeeping(folders=folders, ledger=ledger, clock=clock, retention_days=30, keep_days=0)
@@ -224,7 +226,10 @@ def test_a_window_opens_and_closes_and_a_backlog_goes_oldest_first(
         drop(spool.inbox, "late.wav", "rec-late")
         wait_for(lambda: len(daemon.planner._ready) == 1, what="the late pair ready")
         assert daemon.status_line().startswith("waiting for the upload window (opens 20:00)")
-        assert "late.wav" not in spool.files(spool.done) and sorted(spool.files(spool.inbox)) == ["late.json", "late.wav"]
+        assert "late.wav" not in spool.files(spool.done) and sorted(spool.files(spool.inbox)) == [
+            "late.json",
+            "late.wav",
+        ]
         clock.jump_to(_local(20, 0, 1, days=1))
         wait_for(lambda: "late.wav" in spool.files(spool.done), what="the late pair in the next window")
 

@@ -263,9 +263,7 @@ class Daemon:
             keep_days=settings.ledger.keep_days,
             keep_out=[f.failed, f.inbox, f.work_root, f.uploaded_root],
         )
-        self._housekeeping_loop = LoopService(
-            "housekeeping", self.housekeeping.run, self.housekeeping.stop, p.clock
-        )
+        self._housekeeping_loop = LoopService("housekeeping", self.housekeeping.run, self.housekeeping.stop, p.clock)
         self._planner_loop = LoopService("planner", self.planner.run, self.planner.stop, p.clock)
         self._poller_loop = LoopService("status-poller", self.poller.run, self.poller.stop, p.clock)
         self.supervisor = Supervisor(self._services(), p.clock)

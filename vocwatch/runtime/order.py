@@ -42,10 +42,7 @@ class ReadyQueue:
             self._fifo.append((mtime_ns, pair))
 
     def pop(self) -> Ready:
-        if self.order == "oldest":
-            pair = heapq.heappop(self._heap)[2]
-        else:
-            pair = self._fifo.popleft()[1]
+        pair = heapq.heappop(self._heap)[2] if self.order == "oldest" else self._fifo.popleft()[1]
         self._members.discard(pair)
         return pair
 
