@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Spool, drop, running, wait_for
 from support.fakes import CrashAt, FakeClock, ShiftedClock
 from support.world import World
@@ -21,7 +23,7 @@ from vocwatch.core.states import State
 from vocwatch.edges.effects import Effect, listening
 from vocwatch.edges.folders import Folders
 from vocwatch.edges.ledger import Ledger
-from vocwatch.runtime.housekeeping import Housekeeping
+from vocwatch.runtime.housekeeping import Housekeeping, expired
 
 DAY = 86400.0
 
@@ -151,17 +153,12 @@ def test_retention_deletes_old_pairs_from_done_and_leaves_failed_inbox_and_work_
     ledger.close()
 
 
-def test_retention_keeps_a_pair_with_one_recent_file(tmp_path: Path) -> None:
-    folders = _spool_folders(tmp_path)
-    _pair(tmp_path / "done", "call")
-    ledger = Ledger(tmp_path / "ledger.sqlite3", FakeClock())
-    keeper = Housekeeping(folders=folders, ledger=ledger, clock=FakeClock(), retention_days=1, keep_days=0)
-    old = (tmp_path / "done" / "call.wav").stat().st_ctime
-    assert keeper.retain(cutoff=old + 0.000001)["done_pairs_deleted"] in (0, 1)  # ctime granularity aside
-    (tmp_path / "done" / "call.json").write_text('{"id": "call"}')  # one file changed later
-    if (tmp_path / "done" / "call.wav").exists():
-        assert keeper.retain(cutoff=old + 0.000001)["done_pairs_deleted"] == 0
-    ledger.close()
+@pytest.mark.parametrize(
+    ("ctimes", "gone"),
+    [([10.0, 20.0], True), ([10.0, 40.0], False), ([40.0], False), ([29.9], True), ([], False)],
+)
+def test_a_pair_leaves_done_only_when_all_its_files_are_older_than_the_cutoff(ctimes: list[float], gone: bool) -> None:
+    assert expired(ctimes, cutoff=30.0) is gone
 
 
 # -- ledger.keep_days ---------------------------------------------------------------------------------
@@ -195,6 +192,41 @@ def test_pruning_a_million_rows_keeps_failed_and_recent_rows_and_gives_space_bac
     pages_after, free_after = ledger.space()
     assert pages_after < pages_before / 3 and free_after == 0  # the space went back to the file system
     ledger.close()
+
+
+def test_a_ledger_from_before_incremental_vacuum_is_pruned_but_never_fully_vacuumed(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # auto_vacuum NONE, as every ledger made before this version
+        db.execute("CREATE TABLE t (x)")
+    ledger = Ledger(path, FakeClock(1_800_000_000.0))
+    assert not ledger.incremental
+    ledger.claim("rec-1", "a" * 64, "a.wav", 1)
+    (row,) = ledger.find("rec-1")
+    ledger.transition(ledger.begin_attempt(row), State.ACCEPTED, job_id="j", destination="/d/a.wav")
+    ledger.transition(ledger.find("rec-1")[0], State.DONE)
+    log: list[str] = []
+    keeper = Housekeeping(
+        folders=_spool_folders(tmp_path / "spool"),
+        ledger=ledger,
+        clock=FakeClock(1_800_000_000.0 + 100 * DAY),
+        retention_days=0,
+        keep_days=30,
+        log=_Names(log),
+    )
+    assert keeper.run_once()["ledger_rows_pruned"] == 1
+    keeper.run_once()
+    assert log.count("ledger.space_reused") == 1 and not ledger.incremental
+    ledger.close()
+
+
+class _Names:
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def info(self, event: str, **_: Any) -> None:
+        self.names.append(event)
+
+    exception = info
 
 
 # -- upload.window and upload.order -------------------------------------------------------------------

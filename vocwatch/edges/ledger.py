@@ -69,6 +69,7 @@ _INDEXES = ("CREATE INDEX IF NOT EXISTS recordings_updated ON recordings (update
 # Rows pruned per transaction: each batch is short, so uploads' commits never wait long behind it.
 PRUNE_BATCH = 5000
 PRUNABLE = ("done", "duplicate")
+RECLAIM_PAGES = 4096  # pages given back per step of the incremental vacuum (16 MiB at 4 KiB pages)
 
 COLUMNS = [
     "id",
@@ -167,11 +168,12 @@ class Ledger:
             # Read the header now: a file that is no database must fail here, not at the first upload.
             self._db.execute("PRAGMA schema_version").fetchone()
             if not readonly:
+                # Space freed by pruning can be given back (incremental vacuum). Only a new, empty file takes
+                # it, and only before anything (journal_mode = WAL included) writes its first page.
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 # FULL: a commit is on disk before we rename files on the strength of it.
                 self._db.execute("PRAGMA synchronous = FULL")
-                # Space freed by pruning can be given back (incremental vacuum); takes effect in a new file.
-                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._db.executescript(_SCHEMA)
                 self._migrate()
                 for index in _INDEXES:
@@ -402,16 +404,28 @@ class Ledger:
             self.reclaim()
         return deleted
 
-    def reclaim(self) -> None:
-        """Return free pages to the file system. A ledger made before auto_vacuum was set needs one full
-        VACUUM to switch to incremental mode; after that each prune frees its pages incrementally."""
+    def reclaim(self) -> bool:
+        """Return free pages to the file system (incremental vacuum); False when this ledger cannot.
+
+        A ledger file made before auto_vacuum = INCREMENTAL was set would need a full VACUUM to switch, which
+        holds the database for minutes on a big ledger (every upload's commit would wait): that is never done
+        here. Its freed pages are reused for new rows instead, so the file stops growing; a VACUUM while the
+        daemon is stopped (sqlite3 LEDGER 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;') gives the space back.
+        """
+        if not self.incremental:
+            return False
+        while True:
+            with self._lock:  # a bounded step at a time: uploads' commits slip in between
+                if int(self._db.execute("PRAGMA freelist_count").fetchone()[0]) == 0:
+                    return True
+                # executescript: it steps the pragma to its end (execute() frees one page per call).
+                self._db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES});")
+
+    @property
+    def incremental(self) -> bool:
+        """Does this ledger file give pruned space back (auto_vacuum = INCREMENTAL)?"""
         with self._lock:
-            mode = int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0])
-            if mode != 2:  # 2: INCREMENTAL
-                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                self._db.execute("VACUUM")
-            else:
-                self._db.execute("PRAGMA incremental_vacuum").fetchall()
+            return int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
 
     def space(self) -> tuple[int, int]:
         """(pages, free pages) of the ledger file."""

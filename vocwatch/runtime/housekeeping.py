@@ -58,6 +58,7 @@ class Housekeeping:
         self._log = log or structlog.get_logger("vocwatch.runtime.housekeeping")
         self._stop = threading.Event()
         self.passes = 0
+        self._said_vacuum = False
         self.last_progress = clock.monotonic()
 
     @property
@@ -86,6 +87,15 @@ class Housekeeping:
             summary.update(self.retain(self._clock.time() - self._retention_s))
         if self._keep_s > 0:
             summary["ledger_rows_pruned"] = self._ledger.prune(self._clock.time() - self._keep_s, stop=self._stop)
+            if summary["ledger_rows_pruned"] and not self._ledger.incremental and not self._said_vacuum:
+                self._said_vacuum = True
+                self._log.info(
+                    "ledger.space_reused",
+                    ledger=str(self._ledger.path),
+                    note="this ledger predates incremental vacuum: pruned space is reused for new rows, not "
+                    "given back; to shrink the file once, stop vocwatch and run "
+                    "sqlite3 LEDGER 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;'",
+                )
         self.passes += 1
         if summary:
             self._log.info(
