@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import Spool, drop, running, wait_for
 from support.fakes import CrashAt, FakeClock, ShiftedClock
 from support.world import World
