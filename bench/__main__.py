@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ledger_bench, report
+from bench import audio_check, ledger_bench, report
 from bench.corpus import CLASSES, ensure_corpus
 from bench.proc import stop_all
 from bench.sink import Sink, start_python, start_sink
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"corpus {'generated in %.1f s' % gen_s if gen_s else 'reused'} under {work / 'corpus'}")  # noqa: UP031
     sink = start_sink(work / "sink", prefer=args.sink, install=not args.no_install)
     say(f"sink: {sink.kind} at {sink.base_url} ({sink.detail})")
+    structure = audio_check.measure(work / "audio")
+    say(audio_check.line(structure))
     timed_sink: Sink | None = sink if sink.timestamps else None
     all_runs: list[dict[str, Any]] = []
     lat = back = start = book = None
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": {cls: {t: r.as_dict() for t, r in rs.items()} for cls, rs in by_class.items()},
         "ratios": report.ratios(by_class),
         "startup": start,
+        "structure_check": structure,
         "latency": lat,
         "backlog": back,
         "ledger": book,
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(report.render(results, by_class, found))
+    print(audio_check.line(structure))
     print(f"\nwrote {args.out} in {results['duration_s']} s")
     return 0 if all(r.ok for rs in by_class.values() for r in rs.values()) else 1
 

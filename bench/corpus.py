@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vocwatch.testing.samples import write_mp3, write_sidecar, write_wav
 
-VERSION = 2
+VERSION = 3  # 3: MP3s end on a whole frame (samples.whole_frames)
 CLASSES: dict[str, tuple[int, int]] = {  # name: (files, target bytes each)
     "small": (500, 200 * 1000),
     "medium": (200, 2 * 1000 * 1000),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import TENANT, Spool
 
+from vocwatch.edges import watcher
 from vocwatch.testing.simulator import SimState, Simulator
 
 Results = dict[str, tuple[str, str]]
@@ -52,6 +53,7 @@ def test_good_config_passes_every_check(config: Any, api_key: str) -> None:
         "folders.done": "ok",
         "folders.failed": "ok",
         "same filesystem": "ok",
+        "held-open files": "ok",
         "ledger": "ok",
         "done_action": "ok",
         "done_retention": "ok",
@@ -64,8 +66,26 @@ def test_good_config_passes_every_check(config: Any, api_key: str) -> None:
         "api key": "ok",
     }
     assert results["config"][1] == path
+    assert results["held-open files"][1].startswith("open/close events: yes (inotify); read lease: ")
     assert "will be created at first start" in results["ledger"][1]
     assert "VOCWATCH_API_KEY" in results["api key"][1]
+
+
+def test_check_says_which_means_tell_a_file_is_held_open(config: Any, api_key: str) -> None:
+    # Informational, never a failure: a polling inbox sees no opens and closes (pairing.py, rule 3).
+    code, results = check("--config", config(watch__mode="poll"), secrets=(api_key,))
+    assert code == 0
+    status, detail = results["held-open files"]
+    assert status == "ok" and detail.startswith("open/close events: no (polling); read lease: ")
+
+
+def test_with_neither_events_nor_leases_the_check_says_only_settle_protects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher, "lease_reach", lambda _: "none")
+    _, line = watcher.held_open_means(tmp_path, events=False)
+    assert line.startswith("open/close events: no (polling); read lease: no (")
+    assert "only watch.settle_seconds protects" in line
 
 
 def test_missing_folder_fails_with_a_hint(config: Any, spool: Spool, api_key: str) -> None:

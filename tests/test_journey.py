@@ -49,7 +49,7 @@ def row(state: State, *, sha: str = SHA, file: str = "call.wav", holder: str | N
         attempts=0,
         last_error=None,
         duplicate_of=None,
-        destination="/spool/done/call.wav" if state != State.CLAIMED else None,
+        destination=None if state in (State.CLAIMED, State.UPLOADING, State.RELEASED) else "/spool/done/call.wav",
         unknown_since=None,
         created_at=0.0,
         updated_at=0.0,
@@ -90,6 +90,12 @@ SINGLE = [
     # these very files are at the row's destination: a lost unlink
     (row(State.DONE), seen(linked=frozenset({1})), DropCopies),
     (row(State.UPLOADED), seen(linked=frozenset({1})), DropCopies),
+    # an open row with a destination: its failure or duplicate was decided, the move cut short
+    (row(State.CLAIMED, destination="/spool/failed/call.wav"), seen(), FinishMove),
+    (row(State.UPLOADING, destination="/spool/failed/call.wav"), seen(), FinishMove),
+    (row(State.CLAIMED, destination="/spool/done/call.wav", duplicate_of="job-0"), seen(), FinishMove),
+    (row(State.CLAIMED, destination="/spool/failed/call.wav", holder=OTHER), seen(), Busy),
+    (row(State.CLAIMED, destination="/spool/failed/call.wav", file="x.wav"), seen(), Upload),
     # failed and duplicate rows never stop a new attempt
     (row(State.FAILED, holder=None), seen(), Upload),
     (row(State.DUPLICATE, holder=None), seen(), Upload),
@@ -134,6 +140,11 @@ LONE = [
     ([row(State.DONE)], frozenset(), ReturnToInbox),
     ([row(State.UPLOADED)], frozenset({1}), DropCopies),
     ([row(State.FAILED, holder=None)], frozenset(), ReturnToInbox),
+    ([row(State.CLAIMED, destination="/spool/failed/call.wav")], frozenset(), FinishMove),
+    ([row(State.CLAIMED, destination="/spool/failed/call.wav", sha="")], frozenset(), FinishMove),
+    ([row(State.CLAIMED, destination="/spool/done/call.wav", duplicate_of="job-0")], frozenset(), FinishMove),
+    ([row(State.CLAIMED, destination="/spool/failed/call.wav", holder=OTHER)], frozenset(), Busy),
+    ([row(State.CLAIMED)], frozenset(), ReturnToInbox),
 ]
 
 
@@ -162,11 +173,25 @@ ROWS = [
 ]
 
 
+MOVING = [
+    # open rows with a destination (a failure or duplicate decided): (in work/, mine) -> step
+    (True, True, RowStep.KEEP),  # the pair's own decision finishes the move
+    (False, True, RowStep.MARK_FINAL),  # the files arrived, the final commit was lost
+    (False, False, RowStep.KEEP),  # another live process's
+]
+
+
+@pytest.mark.parametrize(("in_work", "mine", "step"), MOVING)
+def test_decide_row_for_a_decided_move(in_work: bool, mine: bool, step: RowStep) -> None:
+    subject = row(State.CLAIMED, destination="/spool/failed/call.wav")
+    assert decide_row(subject, RowSeen(in_work=in_work, destination=Stage.FAILED, mine=mine)) == step
+
+
 @pytest.mark.parametrize(("state", "job", "in_work", "where", "mine", "step"), ROWS)
 def test_decide_row_after_a_restart(
     state: State, job: JobState | None, in_work: bool, where: Stage | None, mine: bool, step: RowStep
 ) -> None:
-    subject = row(state, job_status=job, destination="/spool/x/call.wav")
+    subject = row(state, job_status=job, destination=None if state in (State.CLAIMED,) else "/spool/x/call.wav")
     assert decide_row(subject, RowSeen(in_work=in_work, destination=where, mine=mine)) == step
 
 

@@ -45,6 +45,18 @@ def test_delete_after_acceptance_keeps_the_row_and_its_sha256(spool: Spool, make
     assert row.state == State.DONE and row.job_id and len(row.sha256) == 64 and row.destination is None
 
 
+def test_a_duplicate_is_deleted_too_and_its_row_kept(spool: Spool, make_settings: Callable[..., Any]) -> None:
+    with running(make_settings(folders__done_action="delete")):
+        drop(spool.inbox, "call.wav", "rec-1")
+        wait_for(lambda: [r for r in spool.rows() if r.state == State.DONE], what="the first row done")
+        drop(spool.inbox, "call.wav", "rec-1")  # the same content again: its job's duplicate
+        wait_for(lambda: [r for r in spool.rows() if r.state == State.DUPLICATE], what="the duplicate's row")
+        wait_for(lambda: not spool.files(spool.inbox), what="the inbox empty")
+    assert spool.files(spool.done) == [] and not list(spool.work.rglob("*.*"))
+    done, dup = sorted(spool.rows(), key=lambda r: r.id)
+    assert dup.state == State.DUPLICATE and dup.duplicate_of == done.job_id and dup.destination is None
+
+
 class _CrashBeforeFirstUnlinkInWork:
     """Dies just before the first file of the pair is deleted from work/: the row is durable, the files stay."""
 
@@ -271,3 +283,14 @@ def test_done_layout_files_pairs_by_acceptance_date(spool: Spool, make_settings:
         drop(spool.inbox, "sub/call.wav", "rec-1")
         wait_for(lambda: len(spool.files(spool.done)) == 2, what="the pair in done/")
     assert spool.files(spool.done) == ["2026/11/25/sub/call.json", "2026/11/25/sub/call.wav"]
+
+
+def test_done_layout_files_a_duplicate_by_date_too(spool: Spool, make_settings: Callable[..., Any]) -> None:
+    clock = ShiftedClock(datetime(2026, 11, 25, 13, 0).timestamp())
+    with running(make_settings(folders__done_layout="{accepted:%Y/%m}"), clock=clock):
+        drop(spool.inbox, "call.wav", "rec-1")
+        wait_for(lambda: len(spool.files(spool.done)) == 2, what="the pair in done/")
+        drop(spool.inbox, "call.wav", "rec-1")
+        wait_for(lambda: len(spool.files(spool.done)) == 4, what="the duplicate in done/")
+    assert all(name.startswith("2026/11/") for name in spool.files(spool.done))
+    assert {r.state for r in spool.rows()} == {State.DONE, State.DUPLICATE}

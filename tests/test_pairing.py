@@ -17,13 +17,14 @@ from vocwatch.core.pairing import (
     Rules,
     classify,
     group_key,
+    handle_event,
+    held,
     ignore_pattern,
     is_ignored,
     is_text,
     observe,
     plan,
     printable,
-    reopened,
 )
 from vocwatch.edges.config import DEFAULT_IGNORE
 
@@ -31,11 +32,18 @@ RULES = Rules(settle_s=2.0, pair_timeout_s=60.0)
 LONE_OK = Rules(settle_s=2.0, pair_timeout_s=60.0, require_sidecar=False)
 
 
-def entry(name: str, stable: float = 0.0, *, complete_at: float | None = None, seen: float | None = None) -> Entry:
+def entry(
+    name: str,
+    stable: float = 0.0,
+    *,
+    complete_at: float | None = None,
+    seen: float | None = None,
+    size: int = 100,
+    held_until: float | None = None,
+) -> Entry:
     """A file seen at ``seen`` (default: when it became stable) and unchanged since ``stable``."""
-    return Entry(
-        PurePosixPath(name), 100, 1, seen if seen is not None else stable, stable, ino=7, complete_at=complete_at
-    )
+    first = seen if seen is not None else stable
+    return Entry(PurePosixPath(name), size, 1, first, stable, ino=7, complete_at=complete_at, held_until=held_until)
 
 
 @dataclass(frozen=True)
@@ -117,18 +125,70 @@ PLAN_TABLE = [
         Expect([("a.txt", "a.json")]),
     ),
     (
-        "closed_file_is_complete_at_its_grace",
-        [entry("a.wav", complete_at=0.5), entry("a.json", complete_at=0.5)],
-        0.5,
-        RULES,
-        Expect([("a.wav", "a.json")]),
-    ),
-    (
-        "closed_file_waits_for_its_partner",
+        "renamed_recording_waits_for_a_partner_still_settling",
         [entry("a.wav", complete_at=0.5), entry("a.json")],
         0.5,
         RULES,
         Expect(waiting_until=2.0),
+    ),
+    # Rule 3: a file the last look found held open waits for the next look, whatever its age.
+    (
+        "held_file_waits_for_the_next_look",
+        [entry("a.wav", held_until=10.5), entry("a.json")],
+        10.0,
+        RULES,
+        Expect(waiting_until=10.5),
+    ),
+    (
+        "held_renamed_file_waits_too",
+        [entry("a.wav", complete_at=0.0, held_until=0.5), entry("a.json", complete_at=0.0)],
+        0.2,
+        RULES,
+        Expect(waiting_until=0.5),
+    ),
+    (
+        "hold_whose_look_expired_is_looked_at_again",
+        [entry("a.wav", held_until=9.0), entry("a.json")],
+        9.0,
+        RULES,
+        Expect([("a.wav", "a.json")]),
+    ),
+    (
+        "held_unchanged_past_the_timeout_fails_as_still_open",
+        [entry("a.wav", held_until=62.5), entry("a.json")],
+        62.0,
+        RULES,
+        Expect(expired=[(("a.wav", "a.json"), "still_open")]),
+    ),
+    (
+        "held_lone_recording_fails_as_still_open_without_sidecar_rule",
+        [entry("a.wav", held_until=62.5)],
+        62.0,
+        LONE_OK,
+        Expect(expired=[(("a.wav",), "still_open")]),
+    ),
+    # Rule 4: an empty recording is never refused at once.
+    ("empty_recording_waits", [entry("a.wav", size=0), entry("a.json")], 2.0, RULES, Expect(waiting_until=62.0)),
+    (
+        "empty_renamed_recording_waits",
+        [entry("a.wav", size=0, complete_at=0.0), entry("a.json", complete_at=0.0)],
+        2.0,
+        RULES,
+        Expect(waiting_until=60.0),
+    ),
+    (
+        "still_empty_at_the_timeout_fails_as_empty_file",
+        [entry("a.wav", size=0), entry("a.json")],
+        62.0,
+        RULES,
+        Expect(expired=[(("a.wav", "a.json"), "empty_file")]),
+    ),
+    (
+        "empty_sidecar_is_for_validation_to_refuse",
+        [entry("a.wav"), entry("a.json", size=0)],
+        2.0,
+        RULES,
+        Expect([("a.wav", "a.json")]),
     ),
     (
         "renamed_files_are_complete_at_once",
@@ -192,15 +252,44 @@ def test_any_change_restarts_the_settle_wait_and_voids_a_close(
     assert changed.settled_at(RULES) == 9.0
 
 
-def test_a_reopen_voids_an_earlier_close() -> None:
-    closed = observe(None, PurePosixPath("a.wav"), 10, 1, 0.0, complete_at=0.5)
-    assert closed.settled_at(RULES) == 0.5
-    assert reopened(closed).settled_at(RULES) == 2.0
+def test_a_close_no_longer_shortens_the_settle_wait() -> None:
+    # Issue 9: a writer that closes, pauses and reopens to append is only caught by the settle wait.
+    closed = handle_event(observe(None, PurePosixPath("a.wav"), 10, 1, 0.0), "closed")
+    assert closed.settled_at(RULES) == 2.0
+    assert decide([closed, entry("a.json")], 1.0) == Expect(waiting_until=2.0)
 
 
-def test_close_grace_never_exceeds_the_settle_wait() -> None:
-    assert Rules(settle_s=0.2, pair_timeout_s=1).close_grace_s == 0.2
-    assert Rules(settle_s=30, pair_timeout_s=1).close_grace_s == 1.0
+HANDLES_TABLE: list[tuple[str, tuple[str, ...], bool]] = [
+    ("created_or_renamed_in", (), False),
+    ("opened", ("opened",), True),
+    ("opened_and_read", ("opened", "closed_no_write"), False),
+    ("written", ("modified",), True),
+    ("written_and_closed", ("opened", "modified", "closed"), False),
+    # A reader's close-without-write never ends a write seen: merged opens may hide the writer's.
+    ("written_then_read_by_another", ("opened", "modified", "opened", "closed_no_write"), True),
+    ("closed_then_reopened", ("opened", "modified", "closed", "opened"), True),
+]
+
+
+@pytest.mark.parametrize(("events", "expected"), [c[1:] for c in HANDLES_TABLE], ids=[c[0] for c in HANDLES_TABLE])
+def test_events_tell_a_file_is_held_erring_towards_held(events: tuple[str, ...], expected: bool) -> None:
+    e = observe(None, PurePosixPath("a.wav"), 10, 1, 0.0)
+    for event in events:
+        e = handle_event(e, event)  # type: ignore[arg-type]
+    assert e.held_by_events is expected
+
+
+def test_a_change_keeps_what_is_known_of_the_handles() -> None:
+    e = handle_event(observe(None, PurePosixPath("a.wav"), 10, 1, 0.0), "modified")
+    assert observe(e, e.rel, 11, 2, 1.0).held_by_events
+
+
+def test_a_look_that_finds_no_writer_clears_what_events_said() -> None:
+    e = held(handle_event(observe(None, PurePosixPath("a.wav"), 10, 1, 0.0), "modified"), 5.0)
+    assert e.held(4.0) and not e.held(5.0)
+    cleared = held(e, None)
+    assert not cleared.held(4.0) and not cleared.held_by_events
+    assert not handle_event(e, "closed").held(4.0)  # the writer's close ends the hold at once
 
 
 CLASSIFY_TABLE = [

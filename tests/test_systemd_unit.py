@@ -91,7 +91,11 @@ def test_unit_agrees_with_the_shipped_config_and_the_daemon() -> None:
     [stop] = values("TimeoutStopSec")
     grace = max(settings.upload.shutdown_grace_seconds, UploadSettings().shutdown_grace_seconds)
     assert int(stop.removesuffix("s")) > grace + 10  # the daemon's own EXTEND_TIMEOUT_USEC is grace + 10 s
-    assert values("CapabilityBoundingSet") == [""] and values("User") == ["vocwatch"]
+    assert values("User") == ["vocwatch"]
+    # One capability, CAP_LEASE (the read-lease probe on producers' files, pairing.py rule 3); it reaches
+    # other users' files only outside a user namespace of the unit's own.
+    assert values("CapabilityBoundingSet") == ["CAP_LEASE"] and values("AmbientCapabilities") == ["CAP_LEASE"]
+    assert values("PrivateUsers") == ["no"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import fcntl
 import json
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +25,9 @@ from vocwatch.edges.validate import (
     build_metadata,
     check_audio,
     check_recording_id,
+    fd_open_for_writing,
+    has_cap_lease,
+    lease_reach,
     open_for_writing,
     open_regular,
     parse_sidecar,
@@ -289,3 +294,25 @@ def test_no_writer_answer_for_anything_but_a_regular_file(
     path = tmp_path / "inbox" / "call.wav"
     make(path, tmp_path / "outside")
     assert open_for_writing(path) is None
+
+
+def test_the_probe_on_an_own_descriptor_tells_the_same(tmp_path: Path) -> None:
+    # The pipeline asks on the descriptor it reads from, after the claim.
+    path = tmp_path / "call.wav"
+    path.write_bytes(b"RIFF")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fd_open_for_writing(fd) is False
+        with open(path, "ab"):
+            assert fd_open_for_writing(fd) is True
+        # A writer opening while the probe holds its lease breaks it; the kernel then signals the
+        # holder, and the default (SIGIO) would end the daemon. The probe asks for an ignored signal.
+        assert fcntl.fcntl(fd, fcntl.F_GETSIG) == signal.SIGURG
+    finally:
+        os.close(fd)
+
+
+def test_lease_reach_says_which_files_the_probe_can_answer_for(tmp_path: Path) -> None:
+    assert lease_reach(tmp_path) == ("any" if has_cap_lease() else "own")
+    assert list(tmp_path.iterdir()) == []  # its probe file is gone
+    assert lease_reach(tmp_path / "missing") is None

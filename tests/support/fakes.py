@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import threading
@@ -9,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from vocwatch.core.model import Accepted, Outcome
+from vocwatch.core.model import Accepted, Outcome, Rejected, Retry
+from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.effects import Effect, point
 
 
@@ -55,6 +57,38 @@ class CrashAt:
         self.seen.append((effect, target))
 
 
+# Effects on the disk (not the network ones, SEND and REPLY): where a full disk can strike.
+DISK_EFFECTS = frozenset({Effect.RENAME, Effect.LINK, Effect.UNLINK, Effect.WRITE, Effect.FSYNC, Effect.COMMIT})
+
+
+@dataclass
+class FullDiskAt:
+    """Lets ``k`` effects happen, then fails the next disk effect (of kind ``effect`` and with ``within`` in
+    its target, if given) once with ENOSPC: a transient full disk. The process lives on; ``struck`` says
+    whether it happened."""
+
+    k: int = 0
+    effect: Effect | None = None
+    within: str | None = None
+    count: int = 0
+    struck: bool = False
+
+    def before(self, effect: Effect, target: str) -> None:
+        matches = effect in DISK_EFFECTS and self.effect in (None, effect) and (self.within or "") in target
+        if not self.struck and self.count >= self.k and matches:
+            self.struck = True
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", target)
+        self.count += 1
+
+
+class Lost:
+    """A scripted reply: the server took the upload and issued a job, but its reply never arrived, so the
+    client sees a transient failure and sends again (with the same Idempotency-Key)."""
+
+
+LOST = Lost()
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     filename: str
@@ -62,7 +96,8 @@ class Received:
     sha256: str
     size: int
     idempotency_key: str
-    job_id: str | None  # None: the server took it but the reply never arrived (or was an error)
+    job_id: str | None  # None: the server refused it or answered with an error
+    delivered: bool = True  # False: the job was issued but its reply was lost on the way back
 
 
 Reply = Callable[[int], Outcome | None]  # attempt number -> outcome (None: accept)
@@ -71,7 +106,7 @@ Reply = Callable[[int], Outcome | None]  # attempt number -> outcome (None: acce
 class MemoryUploader:
     """The Uploader Protocol in memory: reads the whole body, as a server would, and answers by script."""
 
-    def __init__(self, reply: Callable[[str], Outcome | None] | None = None) -> None:
+    def __init__(self, reply: Callable[[str], Outcome | Lost | None] | None = None) -> None:
         self._reply = reply or (lambda name: None)
         self._lock = threading.Lock()
         self.received: list[Received] = []
@@ -86,20 +121,54 @@ class MemoryUploader:
         scripted = self._reply(filename)
         with self._lock:
             job = None
-            if scripted is None:
+            if scripted is None or isinstance(scripted, Lost):
                 self.jobs += 1
                 job = f"job-{self.jobs}"
             self.received.append(
                 Received(
-                    filename, json.loads(metadata), hashlib.sha256(body).hexdigest(), len(body), idempotency_key, job
+                    filename,
+                    json.loads(metadata),
+                    hashlib.sha256(body).hexdigest(),
+                    len(body),
+                    idempotency_key,
+                    job,
+                    delivered=not isinstance(scripted, Lost),
                 )
             )
         point(Effect.REPLY, filename)
+        if isinstance(scripted, Lost):
+            return Retry("the connection dropped before the reply")
         return Accepted(job) if job is not None else scripted  # type: ignore[return-value]
 
 
+class ScriptedStatus:
+    """The job-status endpoint by script: each job answers its queued replies in turn, then its last one
+    for ever; a job without a script is ``started``. ``asked`` records every question."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, list[StatusOutcome]] = {}
+        self.asked: list[str] = []
+
+    def answer(self, job_id: str, *replies: StatusOutcome) -> None:
+        self._scripts[job_id] = list(replies)
+
+    def job_status(self, job_id: str) -> StatusOutcome:
+        self.asked.append(job_id)
+        script = self._scripts.get(job_id)
+        if not script:
+            return JobStatus(job_id, "started", None, None, {})
+        return script.pop(0) if len(script) > 1 else script[0]
+
+
+def status(job_id: str, state: str, error: str | None = None) -> JobStatus:
+    return JobStatus(job_id, state, 1_000 if state in ("completed", "failed") else None, error, {})
+
+
+NOT_FOUND = Rejected(404, "not_found", "no such job")
+
+
 class NullRecorder:
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
+    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None:
         pass
 
     def retried(self, reason: str) -> None:
@@ -166,3 +235,26 @@ class ShiftedClock:
 
     def jump_to(self, at: float) -> None:
         self.offset += at - self.time()
+
+
+class QueuePool:
+    """The planner's view of the pool (has_room, offer, owns), as a list a test takes from."""
+
+    def __init__(self, capacity: int = 100) -> None:
+        self.capacity = capacity
+        self.offered: list[object] = []
+
+    def has_room(self) -> bool:
+        return len(self.offered) < self.capacity
+
+    def offer(self, claimed: object) -> bool:
+        if not self.has_room():
+            return False
+        self.offered.append(claimed)
+        return True
+
+    def owns(self, claimed: object) -> bool:
+        return claimed in self.offered
+
+    def take(self) -> object:
+        return self.offered.pop(0)

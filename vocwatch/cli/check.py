@@ -21,7 +21,7 @@ from vocwatch.core.reasons import REASONS
 from vocwatch.edges.client import CrescendoClient, build_http, classify_upload
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
 from vocwatch.edges.throttle import local_day_seconds
-from vocwatch.edges.watcher import choose_mode
+from vocwatch.edges.watcher import choose_mode, held_open_means
 from vocwatch.runtime.daemon import check_layout
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
@@ -202,6 +202,9 @@ def main(args: argparse.Namespace) -> int:
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
         checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
+    # Informational (never FAIL): which means tell that a recorder still holds a file open (pairing.py, rule 3).
+    events = settings.watch.mode != "poll"
+    checks.append(("held-open files", lambda: (True, held_open_means(f.inbox, events=events)[1])))
     checks.append(("ledger", lambda: _ledger(settings)))
     checks.extend(_months(settings))
     http = _http(settings)

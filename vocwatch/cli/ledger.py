@@ -1,4 +1,4 @@
-"""``vocwatch ledger export | list | show``: answers to "did recording X arrive, and did its job complete?"."""
+"""``vocwatch ledger export | list | show | report``: did recording X arrive, did its job complete, how many minutes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from vocwatch.cli.common import EX_NOINPUT, settings_from
+from vocwatch.cli.common import EX_NOINPUT, EX_USAGE, settings_from
+from vocwatch.core.states import State
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.ledger import Ledger, Row
 
@@ -35,13 +36,15 @@ def dispatch(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
             since = time.time() - parse_duration(args.since) if args.since else None
         except ValueError as exc:
             print(f"vocwatch: {exc}", file=out)
-            return 64
+            return EX_USAGE
         rows = book.rows(state=args.state, since=since, recording_id=args.recording)
         if args.json or not out.isatty():
             write(out, [row.export() for row in rows], "jsonl")
         else:
             table(out, rows)
         return 0
+    if args.ledger_command == "report":
+        return report(args, book, out)
     rows = book.lookup(args.ident)
     if not rows:
         print(f"no recording or job {args.ident!r} in the ledger", file=out)
@@ -49,6 +52,94 @@ def dispatch(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
     for row in rows:
         show(out, book, row)
     return 0
+
+
+DELIVERED = frozenset({State.ACCEPTED, State.UPLOADED, State.DONE})
+
+
+def report(args: argparse.Namespace, book: Ledger, out: IO[str]) -> int:
+    """Recordings, minutes of audio, bytes and failures by reason, of rows created within ``--since``."""
+    try:
+        since = time.time() - parse_duration(args.since)
+    except ValueError as exc:
+        print(f"vocwatch: {exc}", file=out)
+        return 64
+    lines = summarize(book.rows(created_since=since), args.by)
+    if args.json or not out.isatty():
+        write(out, lines, "jsonl")
+    else:
+        report_table(out, lines, args.by or "since", since)
+    return 0
+
+
+def _group(row: Row, by: str | None) -> str:
+    if by == "day":
+        return datetime.fromtimestamp(row.created_at, UTC).strftime("%Y-%m-%d")
+    if by == "host":
+        return row.host or row.holder or "-"
+    if by == "state":
+        return str(row.state)
+    return "all"
+
+
+def summarize(rows: list[Row], by: str | None) -> list[dict[str, Any]]:
+    """One line per group: ``recordings`` (rows), ``delivered`` (accepted, uploaded or done), their ``minutes``
+    of audio and ``bytes``, ``unknown_duration`` (delivered rows without a duration: minutes is a lower bound),
+    ``failed`` and ``failures`` by reason."""
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = _group(row, by)
+        line = groups.setdefault(
+            key,
+            {
+                by or "total": key,
+                "recordings": 0,
+                "delivered": 0,
+                "minutes": 0.0,
+                "bytes": 0,
+                "unknown_duration": 0,
+                "failed": 0,
+                "failures": {},
+            },
+        )
+        line["recordings"] += 1
+        if row.state in DELIVERED:
+            line["delivered"] += 1
+            line["bytes"] += row.size
+            if row.duration_seconds is None:
+                line["unknown_duration"] += 1
+            else:
+                line["minutes"] += row.duration_seconds / 60
+        elif row.state == State.FAILED:
+            line["failed"] += 1
+            reason = (row.last_error or "unknown").split(":", 1)[0]
+            line["failures"][reason] = line["failures"].get(reason, 0) + 1
+    for line in groups.values():
+        line["minutes"] = round(line["minutes"], 2)
+        line["failures"] = dict(sorted(line["failures"].items()))
+    return [groups[k] for k in sorted(groups)]
+
+
+def report_table(out: IO[str], lines: list[dict[str, Any]], by: str, since: float) -> None:
+    head = (by.upper(), "RECORDINGS", "DELIVERED", "MINUTES", "BYTES", "FAILED", "FAILURES BY REASON")
+    cells = [
+        (
+            str(line.get(by, _when(since))),
+            str(line["recordings"]),
+            str(line["delivered"]),
+            f"{line['minutes']:.2f}" + ("+" if line["unknown_duration"] else ""),
+            str(line["bytes"]),
+            str(line["failed"]),
+            ", ".join(f"{reason} {n}" for reason, n in line["failures"].items()),
+        )
+        for line in lines
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    for cols in (head, *cells):
+        padded = [c.rjust(w) if 0 < i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True))]
+        out.write("  ".join(padded).rstrip() + "\n")
+    if any(line["unknown_duration"] for line in lines):
+        out.write("(+: some delivered recordings have no known duration; minutes counts the others)\n")
 
 
 def write(out: IO[str], rows: list[dict[str, Any]], fmt: str) -> None:

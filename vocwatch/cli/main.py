@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--since", metavar="DURATION", help="only rows changed within DURATION (e.g. 90s, 15m, 2h, 7d)")
     lst.add_argument("--recording", metavar="ID", help="only this recording id")
     lst.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    rep = lsub.add_parser(
+        "report", help="Recordings, minutes of audio, bytes and failures by reason: a table on a terminal, JSON lines."
+    )
+    rep.add_argument("--config", type=Path, metavar="PATH")
+    rep.add_argument("--since", metavar="DURATION", default="30d", help="rows created within DURATION (default 30d)")
+    rep.add_argument("--by", choices=("day", "host", "state"), help="one line per day (UTC), host or state")
+    rep.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     show = lsub.add_parser("show", help="Show one recording (by recording id or job id) with its history.")
     show.add_argument("--config", type=Path, metavar="PATH")
     show.add_argument("ident", metavar="ID")
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vocwatch: {exc}", file=sys.stderr)
         return os.EX_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT  # the shell's convention for a command ended by ^C
 
 
 def entry() -> None:

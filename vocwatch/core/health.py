@@ -9,9 +9,14 @@ a stall: a restart would wait just the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
-WorkerState = Literal["idle", "working", "sending", "waiting"]
+
+class WorkerState(StrEnum):
+    IDLE = "idle"  # waits for the queue
+    WORKING = "working"  # prepare, finish
+    SENDING = "sending"  # the request is being made
+    WAITING = "waiting"  # on the gate (backoff, auth pause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +69,7 @@ def healthy(obs: Observations, now: float, limits: Limits) -> str | None:
     for w in obs.workers:
         if w.state in ("working", "sending") and now - w.since > limits.upload_s:
             return f"upload of {w.file} shows no progress for {now - w.since:.0f} s"
-    idle = any(w.state == "idle" for w in obs.workers)
+    idle = any(w.state == WorkerState.IDLE for w in obs.workers)
     if obs.queued and idle and now - obs.queue_moved > limits.upload_s:
         return f"{obs.queued} queued but no idle worker took one for {now - obs.queue_moved:.0f} s"
     return None

@@ -72,16 +72,20 @@ class DropCopies:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """The same recording and content already has a job: record this copy as its duplicate."""
+    """The same recording and content already has a job: record this copy as its duplicate (in ``take``,
+    an open row of this content nobody live holds, or a new row)."""
 
     of: Row
+    take: Row | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """The recording id was uploaded with other content, and upload.on_conflict is "fail"."""
+    """The recording id was uploaded with other content, and upload.on_conflict is "fail". ``take``: this
+    content's own open or released row (nobody live holds it), which ends failed rather than stay open."""
 
     jobs: tuple[str, ...]
+    take: Row | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,12 @@ def _mine(row: Row, seen: Seen) -> bool:
     return row.holder is None or row.holder == seen.me or row.holder not in seen.alive
 
 
+def moving(row: Row) -> bool:
+    """An open row with a destination is a move in progress: its failure or duplicate is decided and
+    durable, and only the files are still to go (they may already be there)."""
+    return row.state in OPEN and row.destination is not None
+
+
 def decide(
     rows: Sequence[Row],
     seen: Seen,
@@ -117,23 +127,32 @@ def decide(
 ) -> Step:
     """The next step for a whole pair in work/, given every ledger row of its recording id."""
     for row in rows:
-        if row.state == State.ACCEPTED and row.sha256 == seen.sha256 and row.file == seen.file and _mine(row, seen):
+        mine_here = row.sha256 == seen.sha256 and row.file == seen.file and _mine(row, seen)
+        if mine_here and row.state == State.ACCEPTED:
             return FinishDelete(row) if done_action == DoneAction.DELETE else FinishMove(row)
+        if mine_here and moving(row):
+            return FinishMove(row)
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
             return DropCopies(row)
     same = [r for r in rows if r.sha256 == seen.sha256]
-    uploaded = [r for r in same if r.state in UPLOADED]
-    if uploaded:
-        return Duplicate(uploaded[0])
     held = [r for r in same if r.state in OPEN]
     busy = [r for r in held if not _mine(r, seen)]
+    # A move in progress belongs to its own file: another copy of the content never takes it over.
+    takeable = [r for r in held if _mine(r, seen) and not (moving(r) and r.file != seen.file)]
+    uploaded = [r for r in same if r.state in UPLOADED]
+    if uploaded:
+        return Duplicate(uploaded[0], takeable[-1] if takeable else None)
     if busy:
         return Busy(busy[0])
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    take = held[-1] if held else released[-1] if released else None
     others = [r for r in rows if r.state in UPLOADED and r.sha256 != seen.sha256]
     if others and on_conflict == OnConflict.FAIL:
-        return Conflict(tuple(sorted({r.job_id or "?" for r in others})))
-    if held:
-        return Upload(held[-1])
+        released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+        take = takeable[-1] if takeable else released[-1] if released else None
+        return Conflict(tuple(sorted({r.job_id or "?" for r in others})), take)
+    if takeable:
+        return Upload(takeable[-1])
     released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
     return Upload(released[-1] if released else None)
 
@@ -159,10 +178,14 @@ def decide_lone(rows: Sequence[Row], seen: LoneSeen, done_action: DoneAction = D
     for row in rows:
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
             return DropCopies(row)
-        if row.state == State.ACCEPTED and row.file == seen.file and row.sha256 == seen.sha256:
+        # A failure decided before its content was known has no sha256: the file and the open row say it.
+        same = row.sha256 == seen.sha256 or (moving(row) and row.sha256 == "")
+        if row.file == seen.file and same and (row.state == State.ACCEPTED or moving(row)):
             if not _mine(row, probe):
                 return Busy(row)
-            return FinishDelete(row) if done_action == DoneAction.DELETE else FinishMove(row)
+            if row.state == State.ACCEPTED and done_action == DoneAction.DELETE:
+                return FinishDelete(row)
+            return FinishMove(row)
         if _deleted(row) and row.file == seen.file and row.sha256 == seen.sha256 and done_action == DoneAction.DELETE:
             return FinishDelete(row)  # its sidecar was deleted, then the process died before the recording was
     return ReturnToInbox()
@@ -173,6 +196,7 @@ def decide_lone(rows: Sequence[Row], seen: LoneSeen, done_action: DoneAction = D
 
 class RowStep(StrEnum):
     KEEP = "keep"  # nothing to do now
+    MARK_FINAL = "mark_final"  # a failure or duplicate whose files reached their destination: end the row
     MARK_DONE = "mark_done"  # the files reached done/ (or are gone); the ledger missed it
     MARK_UPLOADED = "mark_uploaded"  # done_after = "completed": the files reached uploaded/
     SETTLE_DONE = "settle_done"  # the job completed: move uploaded/ -> done/
@@ -182,7 +206,7 @@ class RowStep(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RowSeen:
-    in_work: bool  # the row's file is in this process's work/: the pair's own decision handles it
+    in_work: bool  # the row's file is in its holder's work/: the pair's own decision handles it
     destination: Stage | None  # the stage folder the row's destination lies in, if it exists there
     mine: bool  # no other live process holds the row
 
@@ -191,6 +215,8 @@ def decide_row(row: Row, seen: RowSeen, done_action: DoneAction = DoneAction.MOV
     """For a row after a restart (and for the poller): does the ledger or a move lag behind?"""
     if seen.in_work or not seen.mine:
         return RowStep.KEEP
+    if moving(row):
+        return RowStep.MARK_FINAL  # not in work/: at its destination, or removed by hand after the decision
     if row.state == State.ACCEPTED:
         if row.destination is None:
             return RowStep.KEEP

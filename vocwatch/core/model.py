@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Protocol
+
+from vocwatch.core.reasons import Reason
 
 
 class Clock(Protocol):
@@ -70,5 +73,18 @@ Outcome = Accepted | Rejected | Retry | AuthProblem | Unsettled
 class Problem:
     """Why a recording can never be uploaded: a stable code (see reasons.py) and a message."""
 
-    code: str
+    code: Reason
     message: str
+
+
+class End(StrEnum):
+    """How one claimed pair's journey through a worker ended (metrics, the backfill's summary)."""
+
+    DONE = "done"  # moved on: a crash leftover finished, or a copy dropped
+    ACCEPTED = "accepted"  # uploaded now, job id recorded
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+    REJECTED = "rejected"  # the server refused it (and it went to failed/)
+    RELEASED = "released"  # put back in the inbox, to be taken again
+    UNSETTLED = "unsettled"  # it changed while being sent: put back
+    ERROR = "error"  # a disk or software error: left in work/ for the next rescan

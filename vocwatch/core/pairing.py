@@ -6,21 +6,31 @@ No I/O and no clock here: callers pass what they observed and ``now``.
 # When is a file complete? Only then may it be taken; the planner applies these rules.
 #
 # 1. Settled: its signature (size, mtime, inode, ctime) has not changed for ``watch.settle_seconds``.
-#    This works everywhere (polling, network shares, files renamed in from outside the inbox) and
-#    is the only proof against a producer that pauses: settle_seconds must exceed its longest pause.
-# 2. Renamed into place from an ignored name (``.NAME.tmp``, ``NAME.part``, ...): complete at once,
-#    as the rename is atomic and the ignored name hid the file while it was written.
-# 3. Closed after writing (inotify's IN_CLOSE_WRITE): complete ``close_grace`` (the smaller of
-#    settle_seconds and CLOSE_GRACE_S) after the close, if it has not changed and was not opened
-#    again meanwhile (a writer that reopens to append shows up within the grace).
-# Rules 2 and 3 only shorten the wait: just before claiming, the planner asks the kernel whether
-# any process still has the file open for writing (a read lease, validate.open_for_writing). If
-# one has, the settle wait applies; if the kernel cannot tell (the file belongs to another user
-# and vocwatch lacks CAP_LEASE, or a network filesystem), a close proves nothing and the settle
-# wait applies, while a rename is still trusted. Counting opens and closes from events would not
-# do: inotify merges identical consecutive events, so two opens by two writers can arrive as one.
-# After claiming, the pipeline checks the opened file again after hashing and after sending, so a
-# late write puts the pair back to wait.
+#    This is the floor, for every file and on every filesystem: no file is taken sooner, however it
+#    was closed. A writer that closes and reopens to append (issue 9) is only caught by it, so
+#    settle_seconds must exceed the longest pause of a producer that closes between its writes.
+# 2. Renamed into place from an ignored name (``.NAME.tmp``, ``NAME.part``, ...): settled at once,
+#    as the rename is atomic and the ignored name hid the file while it was written. The only
+#    exception to rule 1.
+# 3. Not held open by a writer, whatever its size and age: a recorder buffers its output (ffmpeg,
+#    sox, GStreamer: 32 KiB), so a low bit rate file stays unchanged, even at 0 bytes, for longer
+#    than any settle wait while it is written. Just before claiming, the planner asks, in order:
+#    a. the kernel, with a read lease (validate.open_for_writing): refused exactly while some
+#       process has the file open for writing. Needs vocwatch to own the file or hold CAP_LEASE,
+#       and a local filesystem; when it answers, its answer is the truth.
+#    b. otherwise, inotify's events (``writing``, ``opened`` below): a write (IN_MODIFY) or an open
+#       not yet followed by a close-after-write (IN_CLOSE_WRITE) means held; an open followed by a
+#       close-without-write was a reader. inotify merges identical consecutive events (two writers'
+#       opens or closes can arrive as one), so these err towards "held" and the lease is preferred.
+#       A file found by a scan, or renamed in, has no opens seen: only (a) can tell for it.
+#    c. neither (polling, as on NFS/SMB, and no lease): rule 1 alone; vocwatch check and the log
+#       say so.
+#    A file found held is looked at again ``HELD_RECHECK_S`` later or at its writer's close event;
+#    held and unchanged for settle_seconds + watch.pair_timeout_seconds, it fails as ``still_open``.
+# 4. Not empty: a 0-byte recording waits like any incomplete file (a buffering writer has not
+#    flushed yet) and fails as ``empty_file`` only if still empty when its timeout ends.
+# After claiming, the pipeline asks the kernel again on its own descriptor and compares the file's
+# signature after hashing and after sending: a writer that appears then puts the pair back to wait.
 
 from __future__ import annotations
 
@@ -32,9 +42,11 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from vocwatch.core.model import Pair, Problem
+from vocwatch.core.reasons import Reason
 
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav"})
-CLOSE_GRACE_S = 1.0
+# A file found held open is looked at again this much later (or at its writer's close, if seen).
+HELD_RECHECK_S = 1.0
 Kind = Literal["audio", "sidecar", "other"]
 # A relative, "/"-separated path. The planner keeps str: on a 100,000-pair backlog, PurePosixPaths
 # cost ~35 MB more, and building them was most of the scan's time.
@@ -46,7 +58,10 @@ Key = str
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One observed file: ``stable_since`` is when its signature was first seen unchanged, ``complete_at``
-    when a finished writer (rule 2, ``renamed``, or rule 3 above) lets it count as settled while unchanged.
+    when a rename from an ignored name (rule 2, ``renamed``) lets it count as settled while unchanged.
+
+    ``writing`` and ``opened`` are what inotify told of its handles (rule 3b), ``held_until`` until when
+    the last look found it held open by a writer (rule 3): it is not taken before then.
     """
 
     rel: Rel
@@ -58,15 +73,28 @@ class Entry:
     ctime_ns: int = 0
     complete_at: float | None = None
     renamed: bool = False
+    writing: bool = False
+    opened: bool = False
+    held_until: float | None = None
+    regular: bool = True  # a FIFO, socket or link named like a recording is for validation to refuse
 
     @property
     def signature(self) -> tuple[int, int, int, int]:
         return (self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
     def settled_at(self, rules: Rules) -> float:
-        """When this file counts as complete, if it does not change before then."""
+        """When this file counts as settled (rules 1 and 2), if it does not change before then."""
         at = self.stable_since + rules.settle_s
         return at if self.complete_at is None else min(at, self.complete_at)
+
+    def held(self, now: float) -> bool:
+        """Did a look within the last ``HELD_RECHECK_S`` find a writer holding it open?"""
+        return self.held_until is not None and self.held_until > now
+
+    @property
+    def held_by_events(self) -> bool:
+        """Rule 3b: a write-open seen and not yet closed, or an open not yet closed at all."""
+        return self.writing or self.opened
 
 
 def observe(
@@ -80,12 +108,14 @@ def observe(
     ctime_ns: int = 0,
     complete_at: float | None = None,
     renamed: bool = False,
+    regular: bool = True,
 ) -> Entry:
     """Fold a new observation of ``rel`` (and any proof that its writer finished) into what was known."""
     if previous is None:
-        return Entry(rel, size, mtime_ns, now, now, ino, ctime_ns, complete_at, renamed)
+        return Entry(rel, size, mtime_ns, now, now, ino, ctime_ns, complete_at, renamed, regular=regular)
     if previous.signature != (size, mtime_ns, ino, ctime_ns):
-        # A change voids every earlier proof of completeness: the settle wait starts again.
+        # A change voids every earlier proof of completeness: the settle wait starts again. What is
+        # known of its handles stays: a change does not close them.
         return replace(
             previous,
             size=size,
@@ -95,20 +125,41 @@ def observe(
             stable_since=now,
             complete_at=complete_at,
             renamed=renamed,
+            regular=regular,
         )
     if complete_at is None or (previous.complete_at is not None and previous.complete_at <= complete_at):
         return previous
     return replace(previous, complete_at=complete_at, renamed=renamed)
 
 
-def reopened(entry: Entry) -> Entry:
-    """The file was opened again, or is still open for writing: only the settle wait can prove it complete."""
-    return entry if entry.complete_at is None else replace(entry, complete_at=None, renamed=False)
+HandleEvent = Literal["opened", "modified", "closed", "closed_no_write"]
 
 
-def taken_early(entry: Entry, now: float, rules: Rules) -> bool:
-    """True when only rule 2 or 3 (not the settle wait) makes this file complete at ``now``."""
-    return entry.stable_since + rules.settle_s > now
+def handle_event(entry: Entry, event: HandleEvent) -> Entry:
+    """Fold one of inotify's open, write and close events into what is known of the file's handles.
+
+    Conservative, as identical consecutive events merge: a close-without-write ends only an open of
+    unknown mode, never a write seen; a close-after-write ends both (and the last look's hold: the
+    writer is gone, so the file is looked at again at once, once settled).
+    """
+    if event == "opened":
+        changed = replace(entry, opened=True)
+    elif event == "modified":
+        changed = replace(entry, writing=True)
+    elif event == "closed":
+        changed = replace(entry, writing=False, opened=False, held_until=None)
+    else:
+        changed = replace(entry, opened=False)
+    return entry if changed == entry else changed
+
+
+def held(entry: Entry, until: float | None) -> Entry:
+    """The last look found ``entry`` held open by a writer (``until``: when to look again), or not (None).
+    A look that found no writer is the kernel's word: it also clears what events said.
+    """
+    if until is None:
+        return replace(entry, held_until=None, writing=False, opened=False)
+    return replace(entry, held_until=until)
 
 
 def is_ignored(name: str, patterns: Iterable[str]) -> bool:
@@ -207,10 +258,6 @@ class Rules:
     pair_timeout_s: float
     require_sidecar: bool = True
 
-    @property
-    def close_grace_s(self) -> float:
-        return min(self.settle_s, CLOSE_GRACE_S)
-
 
 def group_key(rel: Rel) -> Key:
     path = str(rel)
@@ -277,10 +324,9 @@ def _plan_group(members: list[_File], now: float, rules: Rules, out: Decided) ->
         settled_at = max(f.entry.settled_at(rules) for f in present)
         alone_ok = rec is not None and not rules.require_sidecar and rec.kind == "audio"
         if (rec is not None and side is not None) or alone_ok:
-            if settled_at <= now:
-                out.ready.append((present[0].path, side.path if side is not None else None))
-            else:
-                deadlines.append(settled_at)
+            deadline = _plan_pair(present, settled_at, now, rules, out)
+            if deadline is not None:
+                deadlines.append(deadline)
             continue
         if rec is not None and rec.kind == "other":
             continue  # an unrelated file with no sidecar is none of our business
@@ -292,6 +338,38 @@ def _plan_group(members: list[_File], now: float, rules: Rules, out: Decided) ->
         else:
             deadlines.append(expires_at)
     return min(deadlines) if deadlines else None
+
+
+def _plan_pair(present: list[_File], settled_at: float, now: float, rules: Rules, out: Decided) -> float | None:
+    """A whole pair (or a lone recording that may go alone): ready, expired, or its next deadline."""
+    held = [f for f in present if f.entry.held(now)]
+    if held:  # rule 3: looked at again when the hold's look expires; fails once it outlasts the timeout
+        expires_at = max(f.entry.settled_at(rules) for f in held) + rules.pair_timeout_s
+        if expires_at > now:
+            return min(expires_at, *(f.entry.held_until or now for f in held))
+        name = held[0].name
+        problem = Problem(
+            Reason.STILL_OPEN,
+            f"{name} was still held open by a writer, unchanged, {rules.settle_s + rules.pair_timeout_s:g} s "
+            "after its last change; make the recorder close the file when the call ends, then drop it again",
+        )
+        out.expired.append(Expired(tuple(f.posix() for f in present), problem))
+        return None
+    audio = present[0]
+    if (
+        audio.kind == "audio" and audio.entry.size == 0 and audio.entry.regular
+    ):  # rule 4: a buffering writer has not flushed yet
+        expires_at = settled_at + rules.pair_timeout_s
+        if expires_at > now:
+            return expires_at
+        waited = f"{rules.pair_timeout_s:g} s"
+        problem = Problem(Reason.EMPTY_FILE, f"{audio.name} was still empty (0 bytes) {waited} after it settled")
+        out.expired.append(Expired(tuple(f.posix() for f in present), problem))
+        return None
+    if settled_at > now:
+        return settled_at
+    out.ready.append((audio.path, present[1].path if len(present) > 1 else None))
+    return None
 
 
 def _match(members: list[_File]) -> tuple[list[tuple[_File | None, _File | None]], list[tuple[list[_File], Problem]]]:
@@ -313,7 +391,7 @@ def _match(members: list[_File]) -> tuple[list[tuple[_File | None, _File | None]
         if len(match) > 1:
             names = " or ".join(m.name for m in match)
             problem = Problem(
-                "ambiguous_sidecar",
+                Reason.AMBIGUOUS_SIDECAR,
                 f"{side.name} could belong to {names}; name it after one recording, e.g. {match[0].name}.json",
             )
             ambiguous.append(([*match, side], problem))
@@ -334,7 +412,7 @@ def _plan_bad_names(members: list[_File], now: float, rules: Rules, out: Decided
         return settled_at
     bad = next(f.path for f in members if not is_text(f.path))
     problem = Problem(
-        "invalid_name",
+        Reason.INVALID_NAME,
         f"{printable(bad)}: the name is not valid UTF-8 and cannot be sent or recorded; "
         "rename it (e.g. convmv -f latin1 -t utf8) and drop it again",
     )
@@ -347,12 +425,12 @@ def _orphan_problem(name: str, rules: Rules) -> Problem:
     kind, stem = classify(name)
     if kind == "sidecar":
         return Problem(
-            "missing_recording",
+            Reason.MISSING_RECORDING,
             f"sidecar {name} waited {waited} for {stem}.mp3 or {stem}.wav, which never came; "
             "drop the recording and its sidecar again together",
         )
     return Problem(
-        "missing_sidecar",
+        Reason.MISSING_SIDECAR,
         f"recording {name} waited {waited} for its sidecar {stem}.json, which never came; "
         "drop both again, or set watch.require_sidecar = false to upload lone recordings",
     )

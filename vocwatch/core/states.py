@@ -44,7 +44,8 @@ DURABLE = frozenset({State.ACCEPTED, State.FAILED})
 TRANSITIONS: Mapping[State | None, frozenset[State]] = {
     None: frozenset({State.CLAIMED, State.FAILED, State.DUPLICATE}),
     # claimed -> claimed: a crash leftover or a dead holder's row is taken over by the next claim.
-    State.CLAIMED: frozenset({State.CLAIMED, State.UPLOADING, State.RELEASED, State.FAILED}),
+    # claimed -> duplicate: the same content already has a job; the row records this copy's move to done/.
+    State.CLAIMED: frozenset({State.CLAIMED, State.UPLOADING, State.RELEASED, State.FAILED, State.DUPLICATE}),
     State.UPLOADING: frozenset({State.CLAIMED, State.ACCEPTED, State.RELEASED, State.FAILED}),
     State.RELEASED: frozenset({State.CLAIMED}),
     State.ACCEPTED: frozenset({State.DONE, State.UPLOADED}),
@@ -100,6 +101,12 @@ class Row:
     created_at: float
     updated_at: float
     holder: str | None = None
+    duration_seconds: float | None = None
+    codec: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    structure: str | None = None
+    host: str | None = None  # the instance that took it; unlike holder, kept once the row ends
 
     def export(self) -> dict[str, Any]:
         """The public row shape of ``vocwatch ledger export`` and ``ledger list --json``."""
@@ -118,6 +125,12 @@ class Row:
             "duplicate_of": self.duplicate_of,
             "destination": self.destination,
             "holder": self.holder,
+            "duration_seconds": self.duration_seconds,
+            "codec": self.codec,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "structure": self.structure,
+            "host": self.host,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

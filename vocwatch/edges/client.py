@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar, cast
 
 import h11
 import httpx
@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from vocwatch.core.model import Accepted, AuthProblem, Outcome, Rejected, Retry
 
+_T = TypeVar("_T")
 KeyProvider = Callable[[], SecretStr | None]
 RETRYABLE = frozenset({408, 425, 429})
 # Bigger chunks than httpx's 64 KiB default cut per-chunk interpreter overhead on large files.
@@ -152,13 +153,16 @@ class CrescendoClient:
                 files={"audio": (filename, _Upload(audio, self._limiter), content_type)},  # type: ignore[dict-item]
             )
         except (httpx.HTTPError, h11.LocalProtocolError) as exc:
-            return Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        return classify_upload(response)
+            return _without(Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), headers)
+        return _without(classify_upload(response), headers)
 
     def job_status(self, job_id: str) -> StatusOutcome:
         headers = self._auth()
         if isinstance(headers, AuthProblem):
             return headers
+        return _without(self._job_status(job_id, headers), headers)
+
+    def _job_status(self, job_id: str, headers: dict[str, str]) -> StatusOutcome:
         try:
             response = self._http.get(f"{self.upload_url}/{job_id}/status", headers=headers)
         except httpx.HTTPError as exc:
@@ -250,6 +254,32 @@ def _error_fields(response: httpx.Response) -> tuple[str, str]:
         code if isinstance(code, str) else f"HTTP{response.status_code}",
         message if isinstance(message, str) else (response.text[:500] or response.reason_phrase),
     )
+
+
+def _without(outcome: _T, headers: Mapping[str, str]) -> _T:
+    """``outcome`` with the key it was sent with replaced in every text it carries: a server or proxy that
+    echoes the request's headers must not carry the key into the ledger, an error file or a log."""
+    secret = headers.get("Authorization", "").removeprefix("Bearer ")
+    if len(secret) < 4:
+        return outcome
+    clean: object = outcome
+    if isinstance(outcome, Retry):
+        clean = Retry(outcome.reason.replace(secret, "[redacted]"), outcome.after)
+    elif isinstance(outcome, Rejected):
+        clean = Rejected(
+            outcome.status, outcome.code.replace(secret, "[redacted]"), outcome.message.replace(secret, "[redacted]")
+        )
+    elif isinstance(outcome, AuthProblem):
+        clean = AuthProblem(outcome.status, outcome.message.replace(secret, "[redacted]"))
+    elif isinstance(outcome, JobStatus) and outcome.error is not None:
+        clean = JobStatus(
+            outcome.job_id,
+            outcome.status,
+            outcome.finished_ms,
+            outcome.error.replace(secret, "[redacted]"),
+            outcome.raw,
+        )
+    return cast(_T, clean)
 
 
 def metadata_json(metadata: Mapping[str, Any]) -> str:

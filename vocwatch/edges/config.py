@@ -124,13 +124,20 @@ class UploadSettings(_Section):
 
 
 class WatchSettings(_Section):
+    # The floor of pairing.py's completeness rules: no file is taken before unchanged this long, unless
+    # renamed in from an ignored name; a file held open by its writer is not taken at all.
     settle_seconds: float = Field(default=2.0, ge=0)
     mode: Literal["auto", "inotify", "poll"] = "auto"
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     rescan_seconds: float = Field(default=60.0, gt=0)
     recursive: bool = True
     require_sidecar: bool = True
+    # How long, once settled, a half pair, an empty recording or one held open unchanged waits before failed/.
     pair_timeout_seconds: float = Field(default=600.0, gt=0)
+    # A settled recording whose own structure says bytes are missing waits this long, then is failed
+    # (reason truncated) or, with truncated = "upload", sent as it is with a warning.
+    incomplete_timeout_seconds: float = Field(default=600.0, gt=0)
+    truncated: Literal["fail", "upload"] = "fail"
     ignore: tuple[str, ...] = DEFAULT_IGNORE
 
 

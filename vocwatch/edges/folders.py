@@ -39,6 +39,9 @@ class Claimed:
     pair: Pair
     root: Path
     origin: Path
+    # Found in work/ (a crash's or a stopped run's leftover), not claimed from the inbox by this run: its
+    # ledger row may be past the point where the inbox may have it back (accepted: the job id is durable).
+    leftover: bool = False
 
     @property
     def audio(self) -> Path:
@@ -170,9 +173,22 @@ class Folders:
 
     def release(self, claimed: Claimed) -> None:
         """Put a claimed pair back where it came from, to be taken again later: under its own names, or
-        under one ``~N`` suffix free for both, so that a newer file of the same name never joins it."""
-        # The recording first: a put-back cut short leaves a lone sidecar in work/, which goes back too.
+        under one ``~N`` suffix free for both, so that a newer file of the same name never joins it.
+
+        The names chosen are journalled first (beside the work folder): a put-back cut short by a crash is
+        finished under the same names by the next start, so its second half still finds the first.
+        """
         present = [p for p in claimed.paths() if os.path.lexists(p)]
+        journal = self._journal(claimed)
+        planned = _read_journal(journal)
+        taken = planned is not None and any(_taken(p, Path(planned.get(str(p), p))) for p in present)
+        if planned is not None and not taken and all(str(p) in planned for p in present):
+            for path in present:
+                _move_no_clobber(path, Path(planned[str(path)]))
+            _fsync_dirs({p.parent for p in claimed.paths()} | {Path(t).parent for t in planned.values()})
+            _forget_journal(journal)
+            return
+        # The recording first: a put-back cut short leaves a lone sidecar in work/ (and the journal).
         target = claimed.origin / claimed.pair.audio
         for n in range(0, 10_000):
             names = _pair_names(target, claimed.pair, n)
@@ -181,6 +197,8 @@ class Folders:
                 back[claimed.sidecar] = names["sidecar"]
             if any(os.path.lexists(back[p]) for p in present):
                 continue
+            if claimed.sidecar is not None and n > 0:
+                _write_journal(journal, {str(src): str(dst) for src, dst in back.items()})
             moved: list[tuple[Path, Path]] = []
             try:
                 for path in present:
@@ -194,6 +212,55 @@ class Folders:
         else:
             raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
         _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
+        _forget_journal(journal)
+
+    def tidy_put_backs(self) -> int:
+        """At start: drop journal entries none of whose files is still in work/ (the put-back finished, and
+        only the entry's removal was lost). Returns how many were dropped."""
+        folder = self.work.parent / f".{self.work.name}.putback"
+        dropped = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in folder.iterdir():
+                planned = _read_journal(entry)
+                if planned is None or not any(os.path.lexists(src) for src in planned):
+                    _forget_journal(entry)
+                    dropped += 1
+        return dropped
+
+    def forget_put_back(self, claimed: Claimed) -> None:
+        """A whole pair in work/: no half of a put-back moved, so a journal entry of its names is stale."""
+        _forget_journal(self._journal(claimed))
+
+    def _journal(self, claimed: Claimed) -> Path:
+        # One entry per pair group (the path without its pair suffix), which both halves share.
+        key = str(claimed.pair.audio.parent / classify(claimed.pair.audio.name)[1])
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.work.parent / f".{self.work.name}.putback" / f"{digest}.json"
+
+    def finish_put_back(self, claimed: Claimed) -> bool:
+        """A put-back (release) that a crash cut short between a link into the inbox and the unlink from
+        work/ leaves a file under both names. Finish it: True when this leftover was such a put-back, now
+        wholly back in the inbox under the names it had started to take."""
+        present = [p for p in claimed.paths() if os.path.lexists(p)]
+        if not any(os.lstat(p).st_nlink > 1 for p in present):
+            return False
+        target = claimed.origin / claimed.pair.audio
+        for n in range(0, 10_000):
+            names = _pair_names(target, claimed.pair, n)
+            back = {claimed.audio: names["audio"]}
+            if claimed.sidecar is not None:
+                back[claimed.sidecar] = names["sidecar"]
+            if not any(os.path.lexists(there) for there in back.values()):
+                return False  # past the last name taken: none of them is this pair's
+            if any(os.path.lexists(back[p]) and os.path.samestat(os.lstat(p), os.lstat(back[p])) for p in present):
+                break
+        else:
+            return False
+        for path in present:
+            _move_no_clobber(path, back[path])  # the same file there: only the work/ name is unlinked
+        _fsync_dirs({p.parent for p in claimed.paths()} | {target.parent})
+        _forget_journal(self._journal(claimed))
+        return True
 
     def plan_destination(
         self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False, sub: str = ""
@@ -233,9 +300,15 @@ class Folders:
         else:  # a planned destination names its folder (a sub-folder, flat or not): the names go there
             target = destination.parent / claimed.pair.audio.name
         n = _suffix_of(destination, target, claimed.pair, with_error)
+        # A sidecar that went ahead (the recording's move failed after it, say on a full disk) is carried
+        # along if the recording must take another suffix: the pair never splits across two names.
+        ahead = None
+        if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
+            placed = _pair_names(target, claimed.pair, n, with_error).get("sidecar")
+            ahead = placed if placed is not None and os.path.lexists(placed) else None
         for _ in range(10_000):
             names = _pair_names(target, claimed.pair, n, with_error)
-            if self._move_pair(claimed, names, error):
+            if self._move_pair(claimed, names, error, ahead):
                 # Only the destination is synced: if the unlink from work/ is lost to a power cut, the next
                 # start finds the same file (same inode) at the recorded destination and drops the copy.
                 _fsync_dirs({names["audio"].parent})
@@ -243,16 +316,19 @@ class Folders:
             n += 1
         raise FileExistsError(errno.EEXIST, "10000 names taken", str(target))
 
-    def _move_pair(self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None) -> bool:
+    def _move_pair(
+        self, claimed: Claimed, names: dict[str, Path], error: Mapping[str, Any] | None, ahead: Path | None
+    ) -> bool:
         """Move the pair to ``names``; False (nothing moved) when one of them is taken by another file."""
         names["audio"].parent.mkdir(parents=True, exist_ok=True)
         # The sidecar goes first: a crash in between leaves the recording itself in work/, where the ledger's
-        # row (accepted, with this destination) finishes the move. A sidecar already there (the audio's move
-        # failed last time, say on a full disk) is not moved again.
-        moves = [(claimed.sidecar, names.get("sidecar")), (claimed.audio, names["audio"])]
-        if claimed.sidecar is not None and not os.path.lexists(claimed.sidecar):
-            moves = moves[1:]
-        elif any(src is not None and dst is not None and _taken(src, dst) for src, dst in moves):
+        # row (accepted, with this destination) finishes the move.
+        side = claimed.sidecar if claimed.sidecar is not None and os.path.lexists(claimed.sidecar) else ahead
+        moves: list[tuple[Path, Path]] = []
+        if side is not None and "sidecar" in names and side != names["sidecar"]:
+            moves.append((side, names["sidecar"]))
+        moves.append((claimed.audio, names["audio"]))
+        if any(_taken(src, dst) for src, dst in moves):
             return False
         if error is not None and os.path.lexists(names["error"]):
             return False  # another pair's error file: never overwritten
@@ -261,9 +337,8 @@ class Folders:
         done: list[tuple[Path, Path]] = []
         try:
             for src, dst in moves:
-                if src is not None and dst is not None:
-                    _move_no_clobber(src, dst)
-                    done.append((src, dst))
+                _move_no_clobber(src, dst)
+                done.append((src, dst))
         except FileExistsError:
             for src, dst in reversed(done):  # keep the pair together under the next free suffix
                 _move_no_clobber(dst, src)
@@ -273,6 +348,19 @@ class Folders:
                     os.unlink(names["error"])
             return False
         return True
+
+    def with_sidecar_ahead(self, claimed: Claimed, destination: Path) -> Claimed:
+        """A lone recording in work/ whose sidecar already reached ``destination``'s folder: the pair as it
+        was claimed, so that finishing the move keeps them together. Unchanged if no sidecar is there."""
+        if claimed.sidecar is not None:
+            return claimed
+        stem = PurePosixPath(destination.name).stem
+        for tail in (".json", PurePosixPath(destination.name).suffix + ".json"):
+            if os.path.lexists(destination.with_name(stem + tail)):
+                rel = claimed.pair.audio
+                sidecar = rel.with_name(PurePosixPath(rel.name).stem + tail)
+                return Claimed(Pair(rel, sidecar), claimed.root, claimed.origin)
+        return claimed
 
     def fail_in_place(
         self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any], *, flat: bool = False
@@ -311,10 +399,11 @@ class Folders:
             audio = [m for m in members if classify(m.name)[0] != "sidecar"]
             sidecars = [m for m in members if classify(m.name)[0] == "sidecar"]
             if len(audio) == 1 and len(sidecars) <= 1 and (sidecars or not require_sidecar):
-                yield Claimed(Pair(audio[0], sidecars[0] if sidecars else None), self.work, self.inbox), True
+                pair = Pair(audio[0], sidecars[0] if sidecars else None)
+                yield Claimed(pair, self.work, self.inbox, leftover=True), True
             else:
                 for rel in members:
-                    yield Claimed(Pair(rel, None), self.work, self.inbox), False
+                    yield Claimed(Pair(rel, None), self.work, self.inbox, leftover=True), False
 
 
 def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:
@@ -416,6 +505,31 @@ def _suffix_of(destination: Path, target: Path, pair: Pair, with_error: bool) ->
         if _pair_names(target, pair, n, with_error)["audio"] == destination:
             return n
     raise FileExistsError(errno.EEXIST, "not a name planned for this pair; planning again", str(destination))
+
+
+def _read_journal(path: Path) -> dict[str, str] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_journal(path: Path, moves: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    point(Effect.WRITE, path)
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        json.dump(moves, fh, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dirs({path.parent})
+
+
+def _forget_journal(path: Path) -> None:
+    if os.path.lexists(path):
+        point(Effect.UNLINK, path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _taken(src: Path, dst: Path) -> bool:

@@ -120,6 +120,7 @@ class Inbox:
             ctime_ns=st.st_ctime_ns,
             complete_at=complete_at,
             renamed=renamed,
+            regular=stat.S_ISREG(st.st_mode),
         )
         if entry is before:
             return
@@ -129,10 +130,26 @@ class Inbox:
             self._groups[key] = (*self._groups.get(key, ()), rel)
         self.dirty.add(key)
 
-    def reopen(self, rel: str) -> None:
-        """Only the settle wait can prove ``rel`` complete now (pairing.py, rule 3)."""
-        self.entries[rel] = pairing.reopened(self.entries[rel])
-        self.dirty.add(pairing.group_key(rel))
+    def handle_event(self, rel: str, event: pairing.HandleEvent) -> None:
+        """An open, write or close of a known file, as inotify reported it (pairing.py, rule 3b)."""
+        before = self.entries.get(rel)
+        if before is None:
+            return
+        entry = pairing.handle_event(before, event)
+        if entry is not before:
+            self.entries[rel] = entry
+            self.dirty.add(pairing.group_key(rel))
+
+    def hold(self, rel: str, until: float | None) -> None:
+        """The last look found ``rel`` held open by a writer, not to be looked at before ``until``;
+        or (None) found no writer (pairing.py, rule 3)."""
+        before = self.entries.get(rel)
+        if before is None:
+            return
+        entry = pairing.held(before, until)
+        if entry != before:
+            self.entries[rel] = entry
+            self.dirty.add(pairing.group_key(rel))
 
     def forget(self, rel: str) -> None:
         if self.entries.pop(rel, None) is None:

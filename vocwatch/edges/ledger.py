@@ -10,12 +10,12 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from vocwatch.core.model import Clock
-from vocwatch.core.states import DURABLE, FINAL, OPEN, Row, State, allowed
+from vocwatch.core.states import DURABLE, FINAL, FINAL_JOB, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
 
 __all__ = ["Ledger", "Row", "StaleRowError"]
@@ -54,8 +54,11 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_row ON events (row_id);
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 2: the holder of an open row, and at most one open row per recording and content.
+# Version 3: what the recording holds (duration, codec, sample rate, channels; null where unknown) and what
+# its own structure said (``structure``: complete, placeholder: ..., unknown: ..., truncated: ...), and which
+# instance took it (``host``: the holder that opened the row, kept once the row ends and ``holder`` is cleared).
 _MIGRATE_2 = """
 UPDATE recordings SET state = 'released' WHERE state IN ('claimed', 'uploading') AND id NOT IN (
     SELECT MAX(id) FROM recordings WHERE state IN ('claimed', 'uploading') GROUP BY recording_id, sha256);
@@ -92,8 +95,28 @@ COLUMNS = [
     "created_at",
     "updated_at",
     "holder",
+    "duration_seconds",
+    "codec",
+    "sample_rate",
+    "channels",
+    "structure",
+    "host",
 ]
 _COLS = ", ".join(COLUMNS)
+# A job is followed until one of these; any other status (documented or not) is asked about again.
+_FINAL_JOBS = "(" + ", ".join(f"'{j}'" for j in sorted(FINAL_JOB)) + ")"
+# Columns that migrations add, with their types (a fresh ledger gets them the same way).
+_ADDED = {
+    "holder": "TEXT",
+    "unknown_since": "REAL",
+    "duration_seconds": "REAL",
+    "codec": "TEXT",
+    "sample_rate": "INTEGER",
+    "channels": "INTEGER",
+    "structure": "TEXT",
+    "host": "TEXT",
+}
+AUDIO_COLUMNS = ("duration_seconds", "codec", "sample_rate", "channels", "structure")
 
 
 class StaleRowError(RuntimeError):
@@ -178,9 +201,12 @@ class Ledger:
                 self._migrate()
                 for index in _INDEXES:
                     self._db.execute(index)
+            present = {r[1] for r in self._db.execute("PRAGMA table_info(recordings)")}
         except sqlite3.Error as exc:
             self._db.close()
             raise unusable(path, exc, readonly=readonly) from exc
+        # A read-only look at a ledger of an older version is not migrated: its missing columns read as null.
+        self._cols = ", ".join(c if c in present or not present else f"NULL AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -189,12 +215,13 @@ class Ledger:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             names = {r[1] for r in self._db.execute("PRAGMA table_info(recordings)")}
-            for column, kind in (("holder", "TEXT"), ("unknown_since", "REAL")):
+            for column, kind in _ADDED.items():
                 if column not in names:
                     self._db.execute(f"ALTER TABLE recordings ADD COLUMN {column} {kind}")
-            for statement in _MIGRATE_2.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+            if version < 2:
+                for statement in _MIGRATE_2.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -245,13 +272,23 @@ class Ledger:
         return self._select("WHERE recording_id = ? OR job_id = ? ORDER BY id", (ident, ident))
 
     def rows(
-        self, *, state: str | None = None, since: float | None = None, recording_id: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        since: float | None = None,
+        recording_id: str | None = None,
+        created_since: float | None = None,
     ) -> list[Row]:
         clauses, args = [], []
         # Two bounds on updated_at: without table statistics SQLite then rates the recordings_updated index
         # above a scan in id order, so `ledger list --since 1h` reads only the last hour's rows.
         since_clause = "updated_at >= ? AND updated_at < 9e999"
-        for clause, value in (("state = ?", state), (since_clause, since), ("recording_id = ?", recording_id)):
+        for clause, value in (
+            ("state = ?", state),
+            (since_clause, since),
+            ("recording_id = ?", recording_id),
+            ("created_at >= ?", created_since),
+        ):
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
@@ -269,7 +306,7 @@ class Ledger:
     def due_polls(self, now: float, limit: int = 100) -> list[Row]:
         return self._select(
             "WHERE job_id IS NOT NULL AND state IN ('accepted', 'uploaded', 'done') "
-            "AND (job_status IS NULL OR job_status = 'started') AND next_poll_at <= ? "
+            f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS}) AND next_poll_at <= ? "
             "ORDER BY next_poll_at LIMIT ?",
             (now, limit),
         )
@@ -285,7 +322,8 @@ class Ledger:
         with self._lock:
             cur = self._db.execute(
                 "SELECT MIN(next_poll_at) FROM recordings WHERE job_id IS NOT NULL "
-                "AND state IN ('accepted', 'uploaded', 'done') AND (job_status IS NULL OR job_status = 'started')"
+                "AND state IN ('accepted', 'uploaded', 'done') "
+                f"AND (job_status IS NULL OR job_status NOT IN {_FINAL_JOBS})"
             )
             value = cur.fetchone()[0]
         return float(value) if value is not None else None
@@ -293,15 +331,25 @@ class Ledger:
     def _select(self, tail: str, args: tuple[Any, ...]) -> list[Row]:
         if self._readonly:
             with self._lock:
-                return [_row(v) for v in self._db.execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
-        return [_row(v) for v in self._reader().execute(f"SELECT {_COLS} FROM recordings {tail}", args)]
+                return [_row(v) for v in self._db.execute(f"SELECT {self._cols} FROM recordings {tail}", args)]
+        return [_row(v) for v in self._reader().execute(f"SELECT {self._cols} FROM recordings {tail}", args)]
 
     # -- writes: each is one transaction, committed before it returns; each state change a compare-and-set
 
-    def claim(self, recording_id: str, sha256: str, file: str, size: int, take: Row | None = None) -> Row | None:
+    def claim(
+        self,
+        recording_id: str,
+        sha256: str,
+        file: str,
+        size: int,
+        take: Row | None = None,
+        audio: Mapping[str, Any] | None = None,
+    ) -> Row | None:
         """Open a row in ``claimed`` for this process: a new one, or ``take`` as it was read (a leftover,
-        a put-back, a dead holder's). None when another process got there first: decide again."""
+        a put-back, a dead holder's). None when another process got there first: decide again. ``audio``:
+        values of AUDIO_COLUMNS, set in the same commit."""
         now = self._clock.time()
+        extra = {k: v for k, v in (audio or {}).items() if k in AUDIO_COLUMNS} | {"host": self.holder}
         with self._write(durable=False):
             if take is None:
                 try:
@@ -318,6 +366,7 @@ class Ledger:
                 try:
                     cur = self._db.execute(
                         "UPDATE recordings SET state = 'claimed', file = ?, sha256 = ?, size = ?, holder = ?, "
+                        "destination = NULL, duplicate_of = NULL, "
                         "updated_at = ? WHERE id = ? AND state = ? AND holder IS ?",
                         (file, sha256, size, self.holder, now, take.id, take.state, take.holder),
                     )
@@ -326,6 +375,8 @@ class Ledger:
                 if cur.rowcount != 1:
                     return None
                 row_id = take.id
+            if extra:
+                self._set(row_id, now, extra)
             self._event(row_id, now, "claimed", file)
             return self._get(row_id)
 
@@ -340,7 +391,7 @@ class Ledger:
                 (recording_id, sha256, file, size, state, now, now),
             )
             row_id = int(cur.lastrowid or 0)
-            self._set(row_id, now, fields)
+            self._set(row_id, now, {"host": self.holder, **fields})
             self._event(row_id, now, state, fields.get("last_error") or fields.get("duplicate_of"))
             return self._get(row_id)
 
@@ -360,6 +411,16 @@ class Ledger:
             self._event(row.id, now, event or state, None if detail is None else str(detail))
             return self._get(row.id)
 
+    def note(self, row: Row, event: str, **fields: Any) -> Row:
+        """Set ``fields`` on ``row`` in the state it was read in, durably: the intent of a step (a failure's
+        or a duplicate's destination) is on disk before the files move. StaleRowError if it changed."""
+        now = self._clock.time()
+        with self._write(durable=True):
+            self._cas(row, now, dict(fields))
+            detail = fields.get("destination") or fields.get("last_error")
+            self._event(row.id, now, event, None if detail is None else str(detail))
+            return self._get(row.id)
+
     def begin_attempt(self, row: Row) -> Row:
         """Record the intent to upload: from here the request may be on the wire."""
         return self.transition(row, State.UPLOADING)
@@ -377,7 +438,7 @@ class Ledger:
             raise StaleRowError(f"ledger row {row.id} ({row.recording_id}) is no longer {row.state}")
 
     def _get(self, row_id: int) -> Row:
-        return _row(self._db.execute(f"SELECT {_COLS} FROM recordings WHERE id = ?", (row_id,)).fetchone())
+        return _row(self._db.execute(f"SELECT {self._cols} FROM recordings WHERE id = ?", (row_id,)).fetchone())
 
     def prune(self, before: float, *, batch: int = PRUNE_BATCH, stop: Any = None) -> int:
         """Delete done and duplicate rows (and their events) last changed before ``before``, in batches;

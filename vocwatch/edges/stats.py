@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import prometheus_client as prom
 
+from vocwatch.core.model import End
+
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -31,14 +33,18 @@ class Stats:
         self._body = prom.Counter(
             "vocwatch_upload_body_sent_bytes", "Recording bytes handed to the network (upload.bandwidth)", registry=r
         )
+        self._audio = prom.Counter(
+            "vocwatch_audio_seconds", "Seconds of audio in recordings accepted by the API", registry=r
+        )
         self._last = prom.Gauge("vocwatch_last_success_timestamp_seconds", "When an upload last succeeded", registry=r)
 
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None:
+    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None:
         with self._lock:
             self.outcomes[state] += 1
         self._uploads.labels(state).inc()
-        if state == "done":
+        if state == End.DONE:
             self._bytes.inc(nbytes)
+            self._audio.inc(audio_s)
             self._duration.observe(seconds)
             self._last.set(time.time())
 

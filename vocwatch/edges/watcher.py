@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -20,6 +21,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from vocwatch.core import filesystems
 from vocwatch.edges.inbox import MAX_DEPTH, folder_depth
 from vocwatch.edges.mounts import fs_type, mounts_below
+from vocwatch.edges.validate import LeaseReach, lease_reach
 
 Mode = Literal["auto", "inotify", "poll"]
 # on_event(path, event, source): the planner's vocabulary, listed in planner.py.
@@ -30,7 +32,17 @@ INOTIFY_FIX = (
     "(sysctl -w fs.inotify.max_user_watches=524288, and persist it in /etc/sysctl.d/), "
     'or set watch.mode = "poll"'
 )
-_PASSED_ON = frozenset({"opened", "closed", "closed_no_write", "deleted"})
+# "modified" (a write) and the opens and closes tell whether a writer holds a file (pairing.py, rule 3).
+_PASSED_ON = frozenset({"opened", "modified", "closed", "closed_no_write", "deleted"})
+# Filesystems where inotify sees only this host's writes (and leases, if any, only this host's opens).
+NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "fuse.glusterfs", "fuse.sshfs", "afs", "lustre"}
+)
+UNDETECTABLE_FIX = (
+    "nothing here can tell that a recorder still holds a file open: only watch.settle_seconds protects, so "
+    "set it above the longest time a recorder goes without writing (its flush interval), or have producers "
+    "write under a temporary name and rename"
+)
 
 
 # The event types translate() makes hints of: all but a folder's "modified" and "attrib". Watchdog adds
@@ -98,6 +110,63 @@ def _shorten_move_pairing() -> None:
             holder.delay = min(holder.delay, MOVE_PAIRING_DELAY_S)
 
 
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above it in /proc/self/mounts)."""
+    target = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        return None
+    return kind
+
+
+def inbox_lease_reach(inbox: Path) -> LeaseReach:
+    """``lease_reach`` for the inbox's filesystem, asked beside the inbox where it can be (the spool folder
+    is on the same filesystem): the probe's temporary file is then no event in the inbox."""
+    folders = [inbox]
+    with contextlib.suppress(OSError):
+        if os.stat(inbox.parent).st_dev == os.stat(inbox).st_dev:
+            folders.insert(0, inbox.parent)
+    for folder in folders:
+        reach = lease_reach(folder)
+        if reach is not None:
+            return reach
+    return "none"
+
+
+def held_open_means(inbox: Path, *, events: bool, reach: LeaseReach | None = None) -> tuple[dict[str, Any], str]:
+    """Which means tell that a writer still holds a file in ``inbox`` open (pairing.py, rule 3), as log
+    fields and as one line: inotify's open and close events (``events``: not polling) and read leases."""
+    fstype = filesystem_type(inbox)
+    remote = fstype in NETWORK_FS
+    if reach is None:
+        reach = inbox_lease_reach(inbox)
+    fields: dict[str, Any] = {
+        "open_close_events": events and not remote,
+        "read_lease": reach,
+        "filesystem": fstype,
+    }
+    seen = "no (polling)" if not events else f"only this host's writers ({fstype})" if remote else "yes (inotify)"
+    lease = {
+        "any": "any file (CAP_LEASE)",
+        "own": "only files vocwatch's user owns (no CAP_LEASE)",
+        "none": f"no ({fstype or 'this filesystem'} refuses leases)",
+    }[reach]
+    line = f"open/close events: {seen}; read lease: {lease}"
+    if not fields["open_close_events"] and reach == "none":
+        line += "; " + UNDETECTABLE_FIX
+    return fields, line
+
+
 class _Handler(FileSystemEventHandler):
     """Only enqueues: the planner does all the looking, on its own thread."""
 
@@ -130,6 +199,8 @@ class Watcher:
         self._root_id: tuple[int, int] | None = None
         self._reported: str | None = None
         self._started_once = False
+        self._means_logged: str | None = None
+        self._lease_reach: LeaseReach | None = None  # probed once, before the first observer starts
         self.kind = "none"
         self.restarts = 0
         self.problem: str | None = "not started"
@@ -153,6 +224,8 @@ class Watcher:
             )
         if not stat.S_ISDIR(st.st_mode):
             return self._down("watch.inbox_missing", f"inbox {self._root} is not a folder", "make it a folder")
+        if self._lease_reach is None:  # before the observer: its temporary file is no event
+            self._lease_reach = inbox_lease_reach(self._root)
         observer = self._start_observer()
         if observer is None:
             return False
@@ -161,6 +234,7 @@ class Watcher:
         self.kind = "poll" if isinstance(observer, PollingObserverVFS) else "events"
         self.problem = self._reported = None
         self._log.info("watch.started", inbox=str(self._root), observer=self.kind, recursive=self._recursive)
+        self._log_held_open_means()
         self._on_event(
             str(self._root), "watching", "events" if self.kind == "events" else f"poll:{self._poll_interval}"
         )
@@ -169,6 +243,17 @@ class Watcher:
             self._on_event(str(self._root), "rescan", None)
         self._started_once = True
         return True
+
+    def _log_held_open_means(self) -> None:
+        """Once (and again only if the observer's kind changes): how held-open files are told apart."""
+        if self._means_logged == self.kind:
+            return
+        self._means_logged = self.kind
+        fields, _ = held_open_means(self._root, events=self.kind == "events", reach=self._lease_reach)
+        if fields["open_close_events"] or fields["read_lease"] != "none":
+            self._log.info("watch.held_open_detection", inbox=str(self._root), **fields)
+        else:
+            self._log.warning("watch.held_open_undetectable", inbox=str(self._root), **fields, fix=UNDETECTABLE_FIX)
 
     def _start_observer(self) -> BaseObserver | None:
         self.choice = self.choose()

@@ -16,13 +16,13 @@ from pathlib import Path, PurePosixPath
 
 import structlog
 
-from vocwatch.core.model import Pair
+from vocwatch.core.model import End, Pair
 from vocwatch.core.pairing import Expired, classify
 from vocwatch.edges.folders import Claimed
 from vocwatch.runtime.daemon import SHUTDOWN_MARGIN_S, Parts
-from vocwatch.runtime.pipeline import error_document
+from vocwatch.runtime.errors import error_document
 
-GOOD = frozenset({"accepted", "duplicate", "done"})
+GOOD = frozenset({End.ACCEPTED, End.DUPLICATE, End.DONE})
 Batch = tuple[Path, list[Pair], list[Expired]]
 
 
@@ -71,7 +71,7 @@ class Summary:
     """How a backfill ended; ``stopped_by`` is the signal number that interrupted it, if any."""
 
     total: int = 0
-    outcomes: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, End] = field(default_factory=dict)
     failed_early: int = 0  # never reached a worker: expired halves, claims lost to another process
     auth_stop: bool = False
     stopped_by: int | None = None
@@ -110,7 +110,7 @@ class Backfill:
     def stopping(self) -> bool:
         return self._stop_signal is not None or self.summary.auth_stop
 
-    def _finished(self, claimed: Claimed, state: str) -> None:
+    def _finished(self, claimed: Claimed, state: End) -> None:
         with self._done:
             self.summary.outcomes[str(claimed.audio)] = state
             self._done.notify_all()
@@ -201,7 +201,7 @@ class Backfill:
                 note="still running after upload.shutdown_grace_seconds; left in work/, the next "
                 "'vocwatch upload' sends them again with the same Idempotency-Key",
             )
-        s.put_back += sum(1 for state in s.outcomes.values() if state == "released")
+        s.put_back += sum(1 for state in s.outcomes.values() if state == End.RELEASED)
         self._on_progress(s.done_count)
         self._origins.tidy()
         if not s.left_in_work:

@@ -156,6 +156,7 @@ def build(
         on_conflict=OnConflict(up.on_conflict),
         done_stage=Stage.UPLOADED if f.done_after == "completed" else Stage.DONE,
         require_sidecar=settings.watch.require_sidecar,
+        truncated=settings.watch.truncated,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
         done_action=DoneAction(f.done_action),
         done_layout=f.done_layout,
@@ -214,6 +215,7 @@ class Daemon:
                 recursive=watch.recursive,
                 rescan_s=watch.rescan_seconds,
                 order=settings.upload.order,
+                incomplete_timeout_s=watch.incomplete_timeout_seconds,
             ),
         )
         p.pool.on_idle = self.planner.hint
@@ -233,6 +235,7 @@ class Daemon:
             factor=st.poll_factor,
             move_on_completion=settings.folders.done_after == "completed",
             unknown_after_s=st.unknown_job_seconds,
+            in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,
             done_action=DoneAction(settings.folders.done_action),
             done_layout=settings.folders.done_layout,

@@ -8,34 +8,18 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import IO, Any, Literal, Protocol
 
 import structlog
 
-from vocwatch.core.journey import (
-    Busy,
-    Conflict,
-    DoneAction,
-    DropCopies,
-    Duplicate,
-    FinishDelete,
-    FinishMove,
-    LoneSeen,
-    LoneStep,
-    OnConflict,
-    ReturnToInbox,
-    Seen,
-    Upload,
-    decide,
-    decide_lone,
-)
-from vocwatch.core.model import Accepted, AuthProblem, Clock, Outcome, Problem, Rejected, Retry, Unsettled
-from vocwatch.core.pairing import classify, printable
-from vocwatch.core.reasons import REASONS
-from vocwatch.core.schedule import layout_folder
+from vocwatch.core.audio import Incomplete, Unknown, describe
+from vocwatch.core.journey import DoneAction, OnConflict
+from vocwatch.core.model import Accepted, Clock, End, Outcome, Problem, Rejected, Unsettled
+from vocwatch.core.pairing import printable
+from vocwatch.core.reasons import Reason
 from vocwatch.core.states import Row, Stage, State
+from vocwatch.edges.audio import facts, structure_of
 from vocwatch.edges.client import metadata_json
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledger import Ledger
@@ -45,10 +29,13 @@ from vocwatch.edges.validate import (
     MAX_SIDECAR_BYTES,
     build_metadata,
     check_audio,
+    fd_open_for_writing,
     open_regular,
     parse_sidecar,
     read_small,
 )
+from vocwatch.runtime.errors import name_too_long, outcome_line
+from vocwatch.runtime.settle import Finished, Policy, Recorder, Settler
 
 Log = Any  # structlog's BoundLogger is not precisely typed
 
@@ -57,14 +44,6 @@ class Uploader(Protocol):
     def upload(
         self, audio: IO[bytes], *, filename: str, content_type: str, metadata: str, idempotency_key: str
     ) -> Outcome: ...
-
-
-class Recorder(Protocol):
-    """Counters for STATUS and metrics; every method must be cheap and thread-safe."""
-
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0) -> None: ...
-
-    def retried(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +56,19 @@ class PipelineOptions:
     require_sidecar: bool = True
     done_action: DoneAction = DoneAction.MOVE
     done_layout: str = ""  # folders.done_layout: done/'s sub-folder by acceptance date
+    truncated: Literal["fail", "upload"] = "fail"  # watch.truncated: what an incomplete structure gets
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What reading a claimed pair found: its id, metadata, content hash and audio facts."""
+
+    recording_id: str
+    metadata: Mapping[str, Any]
+    digest: str
+    signature: tuple[int, int, int]
+    audio_s: float | None
+    columns: Mapping[str, Any]
 
 
 @dataclass(slots=True)
@@ -92,13 +84,7 @@ class Prepared:
     signature: tuple[int, int, int]
     log: Log
     started: float  # monotonic time the journey began, for the outcome's duration
-
-
-Finished = Literal["done", "failed", "duplicate", "released"]
-# How often a worker looks again at a recording that another live process holds open.
-BUSY_POLL_S = 0.2
-# Compare-and-set misses in a row before a pair is put back to be taken again later.
-MAX_RACES = 8
+    audio_s: float | None = None  # seconds of audio, for vocwatch_audio_seconds_total
 
 
 class Pipeline:
@@ -125,7 +111,21 @@ class Pipeline:
         self._active: set[tuple[str, str]] = set()
         self._active_lock = threading.Lock()
         self._stopping = threading.Event()
-        self.me = ledger.holder or folders.work.name
+        self.settle = Settler(
+            folders=folders,
+            ledger=ledger,
+            clock=clock,
+            policy=Policy(
+                options.on_conflict,
+                options.done_stage,
+                options.require_sidecar,
+                options.done_action,
+                options.done_layout,
+            ),
+            recorder=recorder,
+            stopping=self._stopping,
+        )
+        self.me = self.settle.me
 
     def stop(self) -> None:
         """Stop waiting for recordings that another process holds (shutdown)."""
@@ -140,9 +140,15 @@ class Pipeline:
         started = self.clock.monotonic()
         if not self.folders.exists(claimed):
             log.warning("claim.vanished", note="the pair left work/ before it was taken; nothing to do")
-            return "released"
+            return End.RELEASED
+        if claimed.leftover:
+            if self.folders.finish_put_back(claimed):
+                log.info("recover.put_back", note="a put-back to the inbox was cut short; it is finished")
+                return End.RELEASED
+            if claimed.sidecar is not None:
+                self.folders.forget_put_back(claimed)
         if claimed.sidecar is None:
-            lone = self._settle_lone(claimed, log)
+            lone = self.settle.lone(claimed, log)
             if lone is not None:
                 return lone
         opened = open_regular(claimed.audio)
@@ -150,9 +156,12 @@ class Pipeline:
             return self._fail_unopened(claimed, opened, log, started)
         fh = os.fdopen(opened, "rb")
         try:
-            ready = self._validate(claimed, fh, log, started)
-        except OSError as exc:
-            ready = Problem("unreadable", f"{claimed.pair.audio.name}: {exc.strerror or exc}")
+            try:
+                checked = self._check(claimed, fh, log)
+            except OSError as exc:  # reading the recording or its sidecar: the file's own trouble
+                checked = Problem(Reason.UNREADABLE, f"{claimed.pair.audio.name}: {exc.strerror or exc}")
+            # Past here an OSError is a move's (a full disk): it leaves the pair in work/ for the next rescan.
+            ready = self._open(claimed, fh, checked, log, started) if isinstance(checked, Checked) else checked
         except BaseException:
             fh.close()
             raise
@@ -162,12 +171,13 @@ class Pipeline:
         if isinstance(ready, Unsettled):
             return self._release_unsettled(claimed, None, ready, log)
         if isinstance(ready, Problem):
-            return self._fail_unopened(claimed, ready, log, started)
+            digest = checked.digest if isinstance(checked, Checked) else ""
+            rid = checked.recording_id if isinstance(checked, Checked) else PurePosixPath(claimed.pair.audio.name).stem
+            return self.settle.fail(claimed, ready, log, started, row=None, recording_id=rid, digest=digest)
         return ready
 
-    def _validate(
-        self, claimed: Claimed, fh: io.BufferedReader, log: Log, started: float
-    ) -> Prepared | Problem | Unsettled | Finished:
+    def _check(self, claimed: Claimed, fh: io.BufferedReader, log: Log) -> Checked | Problem | Unsettled:
+        """Read the sidecar and the recording: metadata, structure, hash; nothing is moved or committed."""
         st = os.fstat(fh.fileno())
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         sidecar: dict[str, Any] | None = None
@@ -188,26 +198,56 @@ class Pipeline:
         problem = check_audio(claimed.pair.audio.name, st.st_size, head, self.options.max_bytes)
         if problem is not None:
             return problem
+        verdict = structure_of(fh.fileno(), claimed.pair.audio.name)
+        if isinstance(verdict, Incomplete):
+            # The planner claims an incomplete recording only once it stayed so for incomplete_timeout_seconds
+            # (a backfill: at once); a leftover in work/ has no writer left either.
+            cut = {"present": verdict.present, "declared": verdict.declared, "cut_offset": verdict.cut_offset}
+            if self.options.truncated == "fail":
+                return Problem(Reason.TRUNCATED, f"{claimed.pair.audio.name}: {verdict.message()}")
+            log.warning("upload.truncated", why=verdict.why, **cut, note='watch.truncated = "upload": sent as it is')
+        elif isinstance(verdict, Unknown):
+            log.info("upload.structure_unknown", why=verdict.why, placeholder=verdict.placeholder)
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if _signature(fh) != signature:
             return Unsettled("the recording changed while it was hashed")
-        rid = str(metadata["id"])
+        if fd_open_for_writing(fh.fileno()):  # a writer appeared after the claim (pairing.py, rule 3)
+            return Unsettled("a writer holds the recording open")
+        audio = facts(fh, claimed.pair.audio.name, verdict)
+        columns = {**audio.columns(), "structure": None if verdict is None else describe(verdict)}
+        return Checked(str(metadata["id"]), metadata, digest, signature, audio.duration_s, columns)
+
+    def _open(
+        self, claimed: Claimed, fh: io.BufferedReader, c: Checked, log: Log, started: float
+    ) -> Prepared | Problem | Unsettled | Finished:
+        """Open the journey's ledger row (or end it: a duplicate, a leftover's move, a conflict)."""
+        rid, digest = c.recording_id, c.digest
         log = log.bind(recording_id=rid)
         with self._active_lock:
             if (rid, digest) in self._active:
                 return Unsettled("the same recording is being uploaded under another name; it waits for that one")
             self._active.add((rid, digest))
         try:
-            opened_row = self._open_row(claimed, rid, digest, st.st_size, log)
+            opened_row = self.settle.open_row(claimed, rid, digest, c.signature[0], log, c.columns)
         except BaseException:
             self._forget_active(rid, digest)
             raise
         if not isinstance(opened_row, Row):
             self._forget_active(rid, digest)
             return opened_row
-        row = opened_row
         content_type = CONTENT_TYPES[os.path.splitext(claimed.pair.audio.name)[1].lower()]
-        return Prepared(claimed, row, fh, metadata_json(metadata), content_type, digest, signature, log, started)
+        return Prepared(
+            claimed,
+            opened_row,
+            fh,
+            metadata_json(c.metadata),
+            content_type,
+            digest,
+            c.signature,
+            log,
+            started,
+            c.audio_s,
+        )
 
     def done_with(self, prep: Prepared) -> None:
         """End of a prepared pair's journey, however it ended: close its file, free its recording id."""
@@ -217,107 +257,6 @@ class Pipeline:
     def _forget_active(self, rid: str, digest: str) -> None:
         with self._active_lock:
             self._active.discard((rid, digest))
-
-    def _alive(self, rows: list[Row]) -> frozenset[str]:
-        holders = {r.holder for r in rows if r.holder and r.holder != self.me}
-        return frozenset(h for h in holders if self.folders.holder_alive(h))
-
-    def _linked(self, claimed: Claimed, rows: list[Row]) -> frozenset[int]:
-        return frozenset(r.id for r in rows if r.destination and _same_file(claimed.audio, Path(r.destination)))
-
-    def _open_row(
-        self, claimed: Claimed, rid: str, digest: str, size: int, log: Log
-    ) -> Row | Finished | Problem | Unsettled:
-        """Decide from the ledger (core.journey.decide) and act; a compare-and-set miss decides again."""
-        rel = str(claimed.pair.audio)
-        races = 0
-        while races < MAX_RACES:
-            rows = self.ledger.find(rid)
-            seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide(rows, seen, self.options.on_conflict, self.options.done_action)
-            if isinstance(step, Upload):
-                row = self.ledger.claim(rid, digest, rel, size, step.take)
-                if row is not None:
-                    return row
-                races += 1
-            elif isinstance(step, Busy):
-                log.info("claim.busy", holder=step.row.holder, note="another vocwatch is uploading this recording")
-                if self._stopping.wait(BUSY_POLL_S):
-                    return Unsettled("shutting down while another process held this recording")
-            elif isinstance(step, FinishMove | FinishDelete):
-                # A crash fell between committing the job id and moving (or deleting) the files: finish that.
-                self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
-                return "done"
-            elif isinstance(step, DropCopies):
-                # A power cut kept the move's link at the destination but lost the unlink from work/.
-                assert step.row.destination is not None
-                self.folders.forget_copies(claimed, Path(step.row.destination))
-                log.info("recover.dropped_copy", job_id=step.row.job_id, destination=step.row.destination)
-                return "done"
-            elif isinstance(step, Duplicate):
-                return self._duplicate(claimed, step.of, rid, digest, size, log)
-            elif isinstance(step, Conflict):
-                return Problem(
-                    "conflict",
-                    f"recording id {rid} was already uploaded with different content (job {', '.join(step.jobs)}); "
-                    'give this recording its own id, or set upload.on_conflict = "upload"',
-                )
-            else:  # pragma: no cover - decide() returns ReturnToInbox only for lone files
-                raise AssertionError(step)
-        return Unsettled("the ledger row kept changing under this claim; it is taken again later")
-
-    def _duplicate(self, claimed: Claimed, of: Row, rid: str, digest: str, size: int, log: Log) -> Finished:
-        job = of.job_id or of.duplicate_of
-        rel = str(claimed.pair.audio)
-        if self.options.done_action == DoneAction.DELETE:
-            # Recorded first (as deleted: no destination), then removed: a lone recording a crash leaves is
-            # known by that row and deleted too (core.journey.decide_lone), never sent or put back.
-            row = self.ledger.record_terminal(rid, digest, rel, size, State.DUPLICATE, duplicate_of=job)
-            self.folders.remove(claimed)
-            log.info("upload.duplicate", job_id=job, destination=None, deleted=True, bytes=size, row=row.id)
-        else:
-            dest = self.folders.finish(claimed, Stage.DONE, sub=self._done_folder())
-            self.ledger.record_terminal(
-                rid, digest, rel, size, State.DUPLICATE, duplicate_of=job, destination=str(dest)
-            )
-            log.info("upload.duplicate", job_id=job, destination=str(dest), bytes=size)
-        self.recorder.finished("duplicate")
-        return "duplicate"
-
-    def _settle_lone(self, claimed: Claimed, log: Log) -> Finished | None:
-        """A recording in work/ without its sidecar beside it: finish a half-done move (the sidecar moves
-        first), else put it back to pair again. None: it is a lone recording to upload under its stem."""
-        rel = str(claimed.pair.audio)
-        rows = self.ledger.by_file(rel)
-        if not any(r.state in (State.ACCEPTED, State.DONE, State.UPLOADED, State.DUPLICATE) for r in rows):
-            step: LoneStep = ReturnToInbox()
-        else:
-            try:
-                digest = _sha256_of(claimed.audio)
-            except OSError:
-                return None  # let the pair's own path say why it cannot be read
-            seen = LoneSeen(rel, digest, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide_lone(rows, seen, self.options.done_action)
-        if isinstance(step, FinishDelete) and step.row.state != State.ACCEPTED:
-            # A duplicate recorded as deleted whose sidecar went before a crash: the recording goes too.
-            self.folders.remove(claimed)
-            log.info("recover.deleted", row=step.row.id, state=str(step.row.state))
-            return "done"
-        if isinstance(step, FinishMove | FinishDelete):
-            log.info("recover.half_moved", job_id=step.row.job_id, destination=step.row.destination)
-            self.finish_accepted(claimed, step.row, log.bind(job_id=step.row.job_id))
-            return "done"
-        if isinstance(step, DropCopies):
-            assert step.row.destination is not None
-            self.folders.forget_copies(claimed, Path(step.row.destination))
-            return "done"
-        if isinstance(step, Busy):
-            return "released"  # its holder finishes it
-        if self.options.require_sidecar or classify(claimed.pair.audio.name)[0] != "audio":
-            log.info("claim.half_returned")
-            self.folders.release(claimed)
-            return "released"
-        return None
 
     # -- one attempt ---------------------------------------------------------------------
 
@@ -333,8 +272,11 @@ class Pipeline:
             idempotency_key=f"{prep.row.recording_id}-{prep.sha256}",
         )
         seconds = self.clock.monotonic() - started
-        if not isinstance(outcome, Accepted) and _signature(prep.fh) != prep.signature:
-            outcome = Unsettled(f"the recording changed during upload ({_reason(outcome)})")
+        if not isinstance(outcome, Accepted):
+            if _signature(prep.fh) != prep.signature:
+                outcome = Unsettled(f"the recording changed during upload ({outcome_line(outcome)})")
+            elif fd_open_for_writing(prep.fh.fileno()):
+                outcome = Unsettled(f"a writer opened the recording during upload ({outcome_line(outcome)})")
         if isinstance(outcome, Accepted):
             self._accepted(prep, outcome.job_id, seconds)
         elif isinstance(outcome, Rejected):
@@ -342,13 +284,13 @@ class Pipeline:
         elif isinstance(outcome, Unsettled):
             self._release_unsettled(prep.claimed, prep, outcome, prep.log)
         else:
-            prep.row = self.ledger.transition(prep.row, State.CLAIMED, event="retry", last_error=_reason(outcome))
-            self.recorder.retried(_reason(outcome))
+            prep.row = self.ledger.transition(prep.row, State.CLAIMED, event="retry", last_error=outcome_line(outcome))
+            self.recorder.retried(outcome_line(outcome))
         return outcome
 
     def _accepted(self, prep: Prepared, job_id: str, seconds: float) -> None:
         log = prep.log.bind(job_id=job_id)
-        sub = self._done_folder() if self.options.done_stage == Stage.DONE else ""
+        sub = self.settle.done_folder() if self.options.done_stage == Stage.DONE else ""
         dest = self.folders.plan_destination(prep.claimed, self.options.done_stage, sub=sub)
         poll_at = None if self.options.poll_initial_s is None else self.clock.time() + self.options.poll_initial_s
         # The job id is durable before any file moves: a crash from here on never re-uploads.
@@ -365,48 +307,36 @@ class Pipeline:
         self.finish_accepted(prep.claimed, prep.row, log)
         size = prep.signature[0]
         log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
-        self.recorder.finished("done", nbytes=size, seconds=seconds)
-
-    def _done_folder(self) -> str:
-        """done/'s sub-folder for a pair accepted now (folders.done_layout, local time)."""
-        layout = self.options.done_layout
-        return layout_folder(layout, datetime.fromtimestamp(self.clock.time())) if layout else ""
+        self.recorder.finished(End.DONE, nbytes=size, seconds=seconds, audio_s=prep.audio_s or 0.0)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
         """Move an accepted pair to its recorded destination (or, done_action = "delete" with done/ as its
-        stage, remove it) and mark it done (also crash recovery). The job id is durable by now."""
+        stage, remove it) and end its row (also crash recovery). The job id is durable by now."""
         log = log or self.log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
-        planned = Path(row.destination) if row.destination else None
-        stage = self.folders.stage_of(planned) if planned is not None else None
-        stage = stage or self.options.done_stage
-        if stage == Stage.DONE and self.options.done_action == DoneAction.DELETE:
-            self.folders.remove(claimed)  # the sidecar first: a crash leaves the recording, which the row finds
-            self.ledger.transition(row, State.DONE, event="deleted", destination=None)
-            log.debug("files.deleted")
-            return
-        dest = self.folders.finish(claimed, stage, planned)
-        after = State.UPLOADED if stage == Stage.UPLOADED else State.DONE
-        self.ledger.transition(row, after, destination=str(dest))
-        log.debug("files.moved", destination=str(dest))
+        self.settle.finish(claimed, row, log)
 
     def _rejected(self, prep: Prepared, outcome: Rejected) -> None:
         prep.fh.close()
         problem = Problem(
-            "rejected", f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
+            Reason.REJECTED, f"Crescendo refused the upload: HTTP {outcome.status} {outcome.code}: {outcome.message}"
         )
         extra: dict[str, Any] = {
             "http_status": outcome.status,
             "server_code": outcome.code,
             "server_message": outcome.message,
         }
-        self._fail(
+        self.settle.fail(
             prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id, **extra
         )
 
     def give_up(self, prep: Prepared, waited_s: float, last: str) -> None:
         prep.fh.close()
-        problem = Problem("gave_up", f"transient errors for {waited_s:.0f} s (last: {last}); drop it again to retry")
-        self._fail(prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id)
+        problem = Problem(
+            Reason.GAVE_UP, f"transient errors for {waited_s:.0f} s (last: {last}); drop it again to retry"
+        )
+        self.settle.fail(
+            prep.claimed, problem, prep.log, prep.started, row=prep.row, recording_id=prep.row.recording_id
+        )
 
     def release(self, prep: Prepared, why: str) -> None:
         """Put a prepared pair back in the inbox untouched (shutdown, or it changed)."""
@@ -421,8 +351,8 @@ class Pipeline:
         else:
             self.folders.release(claimed)
             log.info("upload.released", reason=why.reason)
-        self.recorder.finished("released")
-        return "released"
+        self.recorder.finished(End.RELEASED)
+        return End.RELEASED
 
     # -- failure -------------------------------------------------------------------------
 
@@ -433,92 +363,15 @@ class Pipeline:
         stem = PurePosixPath(claimed.pair.audio.name).stem
         problem = name_too_long(str(claimed.pair.audio), exc)
         path = printable(str(claimed.pair.audio))
-        return self._fail(
+        return self.settle.fail(
             claimed, problem, log, self.clock.monotonic(), row=None, recording_id=stem, flat=True, path=path
         )
 
     def _fail_unopened(self, claimed: Claimed, problem: Problem, log: Log, started: float) -> Finished:
         stem = PurePosixPath(claimed.pair.audio.name).stem
-        return self._fail(claimed, problem, log, started, row=None, recording_id=stem)
-
-    def _fail(
-        self,
-        claimed: Claimed,
-        problem: Problem,
-        log: Log,
-        started: float,
-        *,
-        row: Row | None,
-        recording_id: str,
-        flat: bool = False,
-        **extra: Any,
-    ) -> Finished:
-        error = error_document(
-            claimed.pair.audio.name, claimed.pair.sidecar, recording_id, problem, self.clock, **extra
-        )
-        size = claimed.audio.lstat().st_size if os.path.lexists(claimed.audio) else 0
-        dest = self.folders.finish(claimed, Stage.FAILED, error=error, flat=flat)
-        fields: dict[str, Any] = {"last_error": f"{problem.code}: {problem.message}", "destination": str(dest)}
-        if row is None:
-            self.ledger.record_terminal(recording_id, "", str(claimed.pair.audio), size, State.FAILED, **fields)
-        else:
-            self.ledger.transition(row, State.FAILED, **fields)
-        ms = round((self.clock.monotonic() - started) * 1000)
-        log.warning(
-            "upload.failed", reason=problem.code, message=problem.message, destination=str(dest), bytes=size, ms=ms
-        )
-        self.recorder.finished("failed")
-        return "failed"
-
-
-def name_too_long(rel: str, exc: OSError) -> Problem:
-    """The Problem of a file whose name or path the file system refuses as too long (ENAMETOOLONG)."""
-    return Problem(
-        "name_too_long",
-        f"{printable(rel)}: {exc.strerror or 'File name too long'} where it had to go "
-        "(a name over 255 bytes, or a path over 4096); shorten the file or folder names and drop it again",
-    )
-
-
-def error_document(
-    audio_name: str, sidecar: PurePosixPath | None, recording_id: str, problem: Problem, clock: Clock, **extra: Any
-) -> dict[str, Any]:
-    """The body of ``NAME.error.json``: what went wrong, what it means, when."""
-    # printable: a file name that is not UTF-8 must not make the error file itself unwritable.
-    return {
-        "recording": printable(audio_name),
-        "sidecar": printable(sidecar.name) if sidecar is not None else None,
-        "recording_id": printable(recording_id),
-        "reason": problem.code,
-        "message": printable(problem.message),
-        "explanation": REASONS.get(problem.code, ""),
-        **extra,
-        "failed_at": datetime.fromtimestamp(clock.time(), UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _sha256_of(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samestat(os.lstat(a), os.lstat(b))
-    except OSError:
-        return False
+        return self.settle.fail(claimed, problem, log, started, row=None, recording_id=stem)
 
 
 def _signature(fh: IO[bytes]) -> tuple[int, int, int]:
     st = os.fstat(fh.fileno())
     return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _reason(outcome: Outcome) -> str:
-    if isinstance(outcome, Retry | Unsettled):
-        return outcome.reason
-    if isinstance(outcome, AuthProblem):
-        return f"HTTP {outcome.status}: {outcome.message}" if outcome.status else outcome.message
-    if isinstance(outcome, Rejected):
-        return f"HTTP {outcome.status} {outcome.code}: {outcome.message}"
-    return f"accepted as {outcome.job_id}"

@@ -16,33 +16,39 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from vocwatch.core import pairing
+from vocwatch.core.audio import Incomplete
 from vocwatch.core.model import Clock, Pair
 from vocwatch.core.pairing import Key, Rules, printable
+from vocwatch.edges.audio import structure
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
+from vocwatch.runtime.errors import error_document, name_too_long
 from vocwatch.runtime.order import Order, ReadyQueue
-from vocwatch.runtime.pipeline import error_document, name_too_long
 from vocwatch.runtime.pool import Pool
 
-# What the watcher reports (see watcher.py): created, opened, closed, closed_no_write, moved
-# (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
+# What the watcher reports (see watcher.py): created, opened, modified, closed, closed_no_write,
+# moved (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
 # watching ("events" or "poll:<interval>") or not_watching, so that lost events can be told apart.
 Hint = tuple[str, str, str | None]
 # A file that a rescan finds, that no event announced though it is older than this, means events
 # were lost (for polling: twice the interval, plus time to take the snapshot).
 UNANNOUNCED_AGE_S = 1.0
 CLAIM_RETRY_S = 1.0
+# A recording whose structure says it is incomplete is looked at again this often (at least), while unchanged.
+INCOMPLETE_RECHECK_S = 1.0
 # Pair groups planned at a time: a 100,000-pair first scan is not planned (and held) all at once,
 # and the pool is fed between slices, so the first claim need not wait for the whole plan.
 PLAN_SLICE = 2000
 # A ready pair: its recording and its sidecar (or None), relative to the inbox.
 Ready = tuple[str, str | None]
+# inotify's events about a file's handles (pairing.py, rule 3b); the polling observer's "modified" is not one.
+HANDLE_EVENTS: frozenset[str] = frozenset({"opened", "modified", "closed", "closed_no_write"})
 EVENTS_LOST_FIX = (
     "events were lost (inotify queue overflow or watch limit, or a network filesystem); the rescan "
     "took these files. Raise fs.inotify.max_user_watches / max_queued_events (sysctl), or set "
@@ -57,6 +63,7 @@ class ScanOptions:
     recursive: bool
     rescan_s: float
     order: Order = "arrival"  # upload.order: "oldest" hands out ready pairs by the recording's mtime
+    incomplete_timeout_s: float = 600.0  # watch.incomplete_timeout_seconds
 
 
 class Planner:
@@ -76,7 +83,9 @@ class Planner:
         self._rescan_requested = False
         self._scanned: set[str] = set()
         self._announce_within: float | None = None  # None: no watcher runs, only rescans find files
+        self._handle_events = False  # inotify reports opens and closes (not polling, not unwatched)
         self._stop = threading.Event()
+        self._incomplete_seen: dict[str, float] = {}  # recording -> stable_since of its last claim.incomplete
         self.scans = 0
         self.unannounced = 0
         self.last_progress = clock.monotonic()
@@ -214,6 +223,7 @@ class Planner:
         if event in ("watching", "not_watching"):
             interval = float(src[5:]) if src is not None and src.startswith("poll:") else 0.0
             self._announce_within = None if event == "not_watching" else max(UNANNOUNCED_AGE_S, 2 * interval + 1)
+            self._handle_events = event == "watching" and src == "events"
             return
         inbox = self._inbox
         src_rel = inbox.rel(src) if src is not None else None
@@ -250,17 +260,12 @@ class Planner:
             return
         if "/" in rel and not self._opts.recursive:
             return
-        if event == "opened":  # a reopen voids an earlier close (pairing.py, rule 3)
-            entry = inbox.entries.get(rel)
-            if entry is not None and entry.complete_at is not None:
-                inbox.reopen(rel)
-            return
         if event == "moved" and src_rel is not None and inbox.ignored(src_rel):
             inbox.observe(rel, st, now, complete_at=now, renamed=True)  # rule 2
-        elif event == "closed":
-            inbox.observe(rel, st, now, complete_at=now + self._opts.rules.close_grace_s)  # rule 3
         else:
             inbox.observe(rel, st, now)
+        if self._handle_events and event in HANDLE_EVENTS:
+            inbox.handle_event(rel, cast(pairing.HandleEvent, event))  # rule 3b
 
     def _schedule(self, key: Key, at: float) -> None:
         if key not in self._scheduled or at < self._scheduled[key]:
@@ -285,28 +290,59 @@ class Planner:
             same = same and inbox.entries.get(rel) is before
         return same
 
-    def _still_written(self, rels: Iterable[str]) -> bool:
-        """For files taken before their settle wait: does a process still hold one open for writing?"""
+    def _held_open(self, rels: Iterable[str]) -> bool:
+        """Does a writer still hold one of these files open (pairing.py, rule 3)? The kernel's read lease
+        decides where it answers; otherwise what inotify told; with neither, only the settle wait."""
         now = self._clock.monotonic()
         for rel in rels:
             entry = self._inbox.entries[rel]
-            if not pairing.taken_early(entry, now, self._opts.rules):
-                continue
             writing = open_for_writing(self._root / rel)
-            if writing or (writing is None and not entry.renamed):  # pairing.py: a close alone proves nothing
-                self._inbox.reopen(rel)
-                self._log.debug("claim.deferred", file=printable(rel), open_for_writing=writing)
+            held = writing if writing is not None else entry.held_by_events
+            if held:
+                self._inbox.hold(rel, now + pairing.HELD_RECHECK_S)
+                # Once per hold at info (a recorder holds its file for the whole call), then at debug.
+                log = self._log.debug if entry.held_until is not None else self._log.info
+                log("claim.deferred", file=printable(rel), held_open=True, by="lease" if writing else "events")
                 return True
+            if writing is False and (entry.held_by_events or entry.held_until is not None):
+                self._inbox.hold(rel, None)  # the kernel's word outweighs merged or missed events
         return False
+
+    def _incomplete(self, audio: str) -> bool:
+        """The structural guard (README, completeness rules): a settled recording whose own headers say bytes
+        are missing is not claimed, but looked at again; once unchanged for incomplete_timeout_s it is claimed,
+        and the pipeline fails it as truncated (or sends it, watch.truncated = "upload")."""
+        entry = self._inbox.entries.get(audio)
+        verdict = structure(self._root / audio) if entry is not None else None
+        if not isinstance(verdict, Incomplete) or entry is None:
+            self._incomplete_seen.pop(audio, None)
+            return False  # complete, or the structure cannot tell (the settle rule decides), or no safe open
+        now = self._clock.monotonic()
+        deadline = entry.stable_since + self._opts.incomplete_timeout_s
+        facts = {"present": verdict.present, "declared": verdict.declared, "cut_offset": verdict.cut_offset}
+        if now >= deadline:
+            self._incomplete_seen.pop(audio, None)
+            self._log.warning("claim.truncated", file=printable(audio), why=verdict.why, **facts)
+            return False
+        if self._incomplete_seen.get(audio) != entry.stable_since:
+            if len(self._incomplete_seen) > 10_000:  # files deleted while waiting: forget them now and then
+                self._incomplete_seen = {k: v for k, v in self._incomplete_seen.items() if k in self._inbox.entries}
+            self._incomplete_seen[audio] = entry.stable_since
+            self._log.info("claim.incomplete", file=printable(audio), why=verdict.why, **facts)
+        recheck = now + max(self._opts.rules.settle_s, INCOMPLETE_RECHECK_S)
+        self._schedule(pairing.group_key(audio), min(recheck, deadline))
+        return True
 
     def _claim(self, ready: Ready) -> None:
         audio, sidecar = ready
         rels = [audio] if sidecar is None else [audio, sidecar]
-        if not self._unchanged(rels) or self._still_written(rels):
+        if not self._unchanged(rels) or self._held_open(rels):
             return
         now = self._clock.monotonic()
         if any(self._inbox.entries[rel].settled_at(self._opts.rules) > now for rel in rels):
-            return  # reopened since it was found ready: the re-plan decides again
+            return  # changed since it was found ready: the re-plan decides again
+        if self._incomplete(audio):
+            return
         key = pairing.group_key(audio)
         pair = Pair(PurePosixPath(audio), PurePosixPath(sidecar) if sidecar is not None else None)
         try:
@@ -330,9 +366,33 @@ class Planner:
             for rel in gone:
                 self._inbox.forget(rel)  # what is left waits for a new partner
             return
+        if self._written_while_claimed(claimed, rels):
+            return
         for rel in rels:
             self._inbox.forget(rel)
         self._pool.offer(claimed)  # has_room() was checked, and only this thread offers
+
+    def _written_while_claimed(self, claimed: Claimed, rels: list[str]) -> bool:
+        """A write between the last look and the rename: put the pair back at once, to settle again.
+        (After this, the pipeline watches its own descriptor: signature and lease.)"""
+        for rel, path in zip(rels, claimed.paths(), strict=True):
+            entry = self._inbox.entries[rel]
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return False  # the pipeline will find it gone
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != (entry.size, entry.mtime_ns, entry.ino):
+                break
+        else:
+            return False
+        self._log.info("claim.returned", file=printable(rels[0]), reason="written while it was claimed")
+        try:
+            self._folders.release(claimed)
+        except OSError as exc:  # left in work/: the next rescan's recovery puts it back
+            self._log.error("files.move_failed", file=printable(rels[0]), error=str(exc))
+        for rel in rels:
+            self._inbox.forget(rel)  # its return is a new file to the inbox: it settles again
+        return True
 
     def _expire(self, expired: pairing.Expired) -> None:
         first = expired.files[0]

@@ -13,12 +13,14 @@ import structlog
 
 from vocwatch.core.journey import DoneAction, RowSeen, RowStep, decide_row
 from vocwatch.core.model import Clock, Pair, Problem, Rejected
+from vocwatch.core.reasons import Reason
 from vocwatch.core.schedule import layout_folder
 from vocwatch.core.states import FINAL_JOB, JobState, Row, Stage, State
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
-from vocwatch.edges.ledger import Ledger
-from vocwatch.runtime.pipeline import error_document
+from vocwatch.edges.ledger import Ledger, StaleRowError
+from vocwatch.runtime.errors import error_document
+from vocwatch.runtime.recovery import LAGGING_WHILE_RUNNING, recover
 
 
 class StatusSource(Protocol):
@@ -38,6 +40,7 @@ class StatusPoller:
         factor: float,
         move_on_completion: bool,
         unknown_after_s: float = 3600.0,
+        in_flight: Callable[[Row], bool] = lambda row: False,
         on_status: Callable[[str], None] = lambda status: None,
         log: Any = None,
         done_action: DoneAction = DoneAction.MOVE,
@@ -54,6 +57,7 @@ class StatusPoller:
         self._factor = factor
         self._move = move_on_completion
         self._unknown_after = unknown_after_s
+        self._in_flight = in_flight
         self._on_status = on_status
         self._log = log or structlog.get_logger("vocwatch.runtime.poller")
         self._stop = threading.Event()
@@ -64,7 +68,10 @@ class StatusPoller:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            self.poll_due()
+            try:
+                self.poll_due()
+            except Exception:  # a bug or a ledger error must not end polling; the health check sees a stall
+                self._log.exception("poller.error")
             self.last_progress = self._clock.monotonic()
             upcoming = self._ledger.next_poll_at()
             wait = 1.0 if upcoming is None else min(1.0, max(0.05, upcoming - self._clock.time()))
@@ -90,16 +97,31 @@ class StatusPoller:
         self.settle_due()
         return len(rows)
 
+    @property
+    def folders(self) -> Folders:
+        return self._folders
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
     def settle_due(self) -> int:
         """Rows in ``uploaded`` whose job has ended: their files move on (done/ or failed/). The row's
-        state decides, not the moment the status came: a pair that reached uploaded/ late still moves."""
+        state decides, not the moment the status came: a pair that reached uploaded/ late still moves.
+        Rows a lost commit left behind their files are mended first (core.journey.decide_row)."""
+        recover(self, self._log, self._in_flight, LAGGING_WHILE_RUNNING)
         rows = self._ledger.settle_due()
+        me = self._ledger.holder
         for row in rows:
             if self._stop.is_set():
                 break
+            if row.holder not in (None, me) and self._folders.holder_alive(row.holder):
+                continue  # another live daemon's row: its own poller settles it
             log = self._log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
             try:
                 self._settle_files(row, log)
+            except StaleRowError:
+                log.debug("job.settled_elsewhere")  # another process moved the row on meanwhile
             except OSError as exc:
                 log.error("files.move_failed", error=f"{exc.strerror or exc} ({exc.filename})", fix="retried soon")
         return len(rows)
@@ -193,10 +215,10 @@ class StatusPoller:
             self._ledger.transition(row, State.DONE, destination=str(dest))
             return
         if row.job_status == JobState.UNKNOWN:
-            problem = Problem("job_unknown", row.job_error or f"Crescendo no longer knows job {row.job_id}")
+            problem = Problem(Reason.JOB_UNKNOWN, row.job_error or f"Crescendo no longer knows job {row.job_id}")
         else:
             problem = Problem(
-                "job_failed", f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
+                Reason.JOB_FAILED, f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
             )
         fields = {"last_error": f"{problem.code}: {problem.message}"}
         if claimed is not None:

@@ -18,10 +18,11 @@ from typing import Any
 import structlog
 
 from vocwatch.core.health import Worker, WorkerState
-from vocwatch.core.model import AuthProblem, Clock, Retry
+from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Rejected, Unsettled
 from vocwatch.edges.folders import Claimed
+from vocwatch.runtime.errors import outcome_line
 from vocwatch.runtime.gate import Gate
-from vocwatch.runtime.pipeline import Pipeline, Prepared, _reason
+from vocwatch.runtime.pipeline import Pipeline, Prepared
 from vocwatch.runtime.window import UploadWindow
 
 _STOP = object()
@@ -50,7 +51,7 @@ class Pool:
         clock: Clock,
         give_up_after_s: float | None = None,
         on_idle: Callable[[], None] = lambda: None,
-        on_done: Callable[[Claimed, str], None] = lambda c, s: None,
+        on_done: Callable[[Claimed, End], None] = lambda c, s: None,
         window: UploadWindow | None = None,
     ) -> None:
         self.name = "pool"
@@ -70,7 +71,7 @@ class Pool:
             threading.Thread(target=self._work, args=(i,), name=f"upload-{i}", daemon=True) for i in range(workers)
         ]
         self._lock = threading.Lock()
-        self._activity = [_Activity("idle", clock.monotonic()) for _ in range(workers)]
+        self._activity = [_Activity(WorkerState.IDLE, clock.monotonic()) for _ in range(workers)]
         self._queue_moved = clock.monotonic()
         self._in_flight: set[str] = set()  # every path of every pair queued or being worked on
         self._mtimes: dict[str, float] = {}  # each queued or worked-on recording's mtime (oldest pending gauge)
@@ -112,6 +113,11 @@ class Pool:
         if self.window is not None and not self.window.is_open():
             return False
         return not self._stopping.is_set() and self._queue.qsize() < self._capacity
+
+    def holds(self, path: str) -> bool:
+        """Is the file at ``path`` (in work/) queued or being worked on?"""
+        with self._lock:
+            return path in self._in_flight
 
     def owns(self, claimed: Claimed) -> bool:
         with self._lock:
@@ -157,7 +163,7 @@ class Pool:
             return [
                 {"file": a.file, "recording_id": a.recording_id, "state": a.state}
                 for a in self._activity
-                if a.state != "idle"
+                if a.state != WorkerState.IDLE
             ]
 
     def stop(self, grace_s: float) -> int:
@@ -183,9 +189,21 @@ class Pool:
             except queue.Empty:
                 break
             if item is not _STOP:
-                self._pipeline.folders.release(item)
+                try:
+                    # A leftover stays in work/, where the next start takes it again: its row may be accepted
+                    # (the job id durable, the files not yet moved), and back in the inbox it would be sent
+                    # again as a duplicate of itself while recovery marked the row done at a missing file.
+                    if not item.leftover:
+                        self._pipeline.folders.release(item)
+                        put_back += 1
+                except OSError as exc:  # never escape a shutdown: the pair stays in work/ for the next start
+                    self._log.error(
+                        "files.move_failed",
+                        file=str(item.pair.audio),
+                        error=f"{exc.strerror or exc} ({exc.filename or item.root})",
+                        fix="the pair stays in work/ and is recovered at the next start",
+                    )
                 self._forget(item)
-                put_back += 1
         for _ in self._threads:
             self._queue.put_nowait(_STOP)
         return put_back
@@ -216,25 +234,25 @@ class Pool:
                 os.close(act.fd)
                 act.fd = None
             act.state, act.since = state, self._clock.monotonic()
-            if state == "idle":
+            if state == WorkerState.IDLE:
                 act.file = act.recording_id = None
             if prepared is not None:
                 act.recording_id = prepared.row.recording_id
-                if state == "sending":
+                if state == WorkerState.SENDING:
                     act.fd = os.dup(prepared.fh.fileno())
                     act.offset = os.lseek(act.fd, 0, os.SEEK_CUR)
 
     def _work(self, i: int) -> None:
         while True:
-            self._mark(i, "idle")
+            self._mark(i, WorkerState.IDLE)
             item = self._queue.get()
             if item is _STOP:
                 return
             with self._lock:
                 self._queue_moved = self._clock.monotonic()
                 self._activity[i].file = str(item.pair.audio)
-            self._mark(i, "working")
-            state = "error"
+            self._mark(i, WorkerState.WORKING)
+            state: End = End.ERROR
             try:
                 state = self._journey(i, item)
             except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
@@ -243,7 +261,7 @@ class Pool:
                         state = self._pipeline.fail_name_too_long(item, exc)
                     except OSError as again:
                         exc = again
-                if state == "error":
+                if state == End.ERROR:
                     self._log.error(
                         "files.move_failed",
                         file=str(item.pair.audio),
@@ -257,35 +275,35 @@ class Pool:
                 self.on_done(item, state)
                 self.on_idle()
 
-    def _journey(self, i: int, claimed: Claimed) -> str:
+    def _journey(self, i: int, claimed: Claimed) -> End:
         prepared = self._pipeline.prepare(claimed)
         if not isinstance(prepared, Prepared):
             return prepared
         try:
             return self._attempts(i, prepared)
         finally:
-            self._mark(i, "working")
+            self._mark(i, WorkerState.WORKING)
             self._pipeline.done_with(prepared)
 
-    def _attempts(self, i: int, prepared: Prepared) -> str:
+    def _attempts(self, i: int, prepared: Prepared) -> End:
         first_failure: float | None = None
         while True:
-            self._mark(i, "waiting", prepared)
+            self._mark(i, WorkerState.WAITING, prepared)
             if self.window is not None and not self.window.wait_open(self._stopping):
-                self._mark(i, "working")
+                self._mark(i, WorkerState.WORKING)
                 self._pipeline.release(prepared, "shutting down")
-                return "released"
+                return End.RELEASED
             if self._stopping.is_set() or not self._gate.acquire():
-                self._mark(i, "working")
+                self._mark(i, WorkerState.WORKING)
                 self._pipeline.release(prepared, "shutting down")
-                return "released"
-            self._mark(i, "sending", prepared)
+                return End.RELEASED
+            self._mark(i, WorkerState.SENDING, prepared)
             try:
                 outcome = self._pipeline.attempt(prepared)
             except BaseException:
                 self._gate.release()  # a probe that raised must not keep every other worker waiting
                 raise
-            self._mark(i, "working")
+            self._mark(i, WorkerState.WORKING)
             newly_paused = self._gate.report(outcome)
             if isinstance(outcome, AuthProblem):
                 if newly_paused:
@@ -297,11 +315,15 @@ class Pool:
                         "api.tenant_id and api.base_url; uploads resume by themselves once it works",
                     )
                 continue  # a refused key is the configuration's fault: it never counts towards giving up
-            if not isinstance(outcome, Retry):
-                return type(outcome).__name__.lower()
+            if isinstance(outcome, Accepted):
+                return End.ACCEPTED
+            if isinstance(outcome, Rejected):
+                return End.REJECTED
+            if isinstance(outcome, Unsettled):
+                return End.UNSETTLED
             prepared.log.info("upload.retry", reason=outcome.reason, retry_after=outcome.after)
             now = self._clock.monotonic()
             first_failure = now if first_failure is None else first_failure
             if self._give_up is not None and now - first_failure >= self._give_up:
-                self._pipeline.give_up(prepared, now - first_failure, _reason(outcome))
-                return "failed"
+                self._pipeline.give_up(prepared, now - first_failure, outcome_line(outcome))
+                return End.FAILED

@@ -9,6 +9,8 @@ import wave
 from pathlib import Path
 from typing import Any
 
+from vocwatch.core.audio import parse_frame
+
 RATE = 8000  # telephone audio
 
 
@@ -44,11 +46,21 @@ def write_mp3(path: Path, seconds: float = 1.0, freq: float = 660.0, *, target_b
     encoder.set_quality(7)
     data = bytes(encoder.encode(pcm_tone(seconds, freq)) + encoder.flush())
     if target_bytes is not None and len(data) < target_bytes:
-        data = data * (target_bytes // len(data) + 1)
-        data = data[:target_bytes]
+        data = whole_frames(data * (target_bytes // len(data) + 1), target_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def whole_frames(data: bytes, limit: int) -> bytes:
+    """``data`` (MPEG frames) cut at the last frame boundary within ``limit`` bytes: never mid-frame."""
+    at = 0
+    while at + 4 <= len(data):
+        frame = parse_frame(data[at : at + 4])
+        if frame is None or at + frame.length > limit:
+            break
+        at += frame.length
+    return data[:at]
 
 
 def write_sidecar(path: Path, recording_id: str, **extra: Any) -> Path:
