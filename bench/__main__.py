@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import audio_check, report
+from bench import audio_check, ledger_bench, report
 from bench.corpus import CLASSES, ensure_corpus
 from bench.proc import stop_all
 from bench.sink import Sink, start_python, start_sink
@@ -48,6 +48,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
     p.add_argument("--backlog", type=int, help="pairs in the start-up backlog (0: skip)")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument(
+        "--ledger-rows", type=int, help="rows of the ledger query row (default 10,000,000; --quick 1,000,000; 0: skip)"
+    )
     p.add_argument("--work", type=Path, default=HERE / "work", help="corpus and scratch folder")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
     return p.parse_args(argv)
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     say(audio_check.line(structure))
     timed_sink: Sink | None = sink if sink.timestamps else None
     all_runs: list[dict[str, Any]] = []
-    lat = back = start = None
+    lat = back = start = book = None
     pairs = plan.backlog if args.backlog is None else args.backlog
     try:
         by_class = _throughput(Context(sink, work), corpus, plan, args, say, all_runs)
@@ -123,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         if pairs:
             back = backlog(timed_sink, work, pairs, plan.marks)
             say(f"backlog {pairs:,}: first upload after {back['first_upload_s']} s, peak {back['peak_rss_mb']} MB")
+        rows = (1_000_000 if args.quick else 10_000_000) if args.ledger_rows is None else args.ledger_rows
+        if rows:
+            book = ledger_bench.run(work / "ledger", rows)
+            say(f"ledger {rows:,} rows: list --since 1h {book['list_since_1h_ms']} ms, show {book['show_ms']} ms")
     finally:
         stop_all()
         if timed_sink is not None and timed_sink is not sink:
             timed_sink.stop()
         sink.stop()
 
-    found = report.targets(by_class, lat, back)
+    found = report.targets(by_class, lat, back, book)
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -144,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "structure_check": structure,
         "latency": lat,
         "backlog": back,
+        "ledger": book,
         "targets": [t.as_dict() for t in found],
         "runs": all_runs,
         "duration_s": round(time.monotonic() - say.began, 1),

@@ -82,7 +82,10 @@ def _throughput_target(name: str, ours: Result | None, base: Result | None, fact
 
 
 def targets(
-    by_class: dict[str, dict[str, Result]], latency: dict[str, Any] | None, backlog: dict[str, Any] | None
+    by_class: dict[str, dict[str, Result]],
+    latency: dict[str, Any] | None,
+    backlog: dict[str, Any] | None,
+    ledger: dict[str, Any] | None = None,
 ) -> list[Target]:
     out: list[Target] = []
     small, medium, large = (by_class.get(c, {}) for c in ("small", "medium", "large"))
@@ -129,6 +132,11 @@ def targets(
             value = latency.get(f"{q}_ms")
             passed = None if value is None else value < goal
             out.append(Target(f"latency {q}, rename to upload start", value, f"< {goal} ms", passed, every))
+    if ledger:
+        worst = max(ledger["list_since_1h_ms"], ledger["show_ms"])
+        listed, shown = ledger["list_since_1h_ms"], ledger["show_ms"]
+        detail = f"list --since 1h {listed} ms, show {shown} ms (in-process, median of 5)"
+        out.append(Target(f"ledger of {ledger['rows']:,} rows: list/show", worst, "< 100 ms", worst < 100, detail))
     return out
 
 

@@ -55,6 +55,14 @@ def test_good_config_passes_every_check(config: Any, api_key: str) -> None:
         "same filesystem": "ok",
         "held-open files": "ok",
         "ledger": "ok",
+        "done_action": "ok",
+        "done_retention": "ok",
+        "done_layout": "ok",
+        "upload.bandwidth": "ok",
+        "upload.window": "ok",
+        "upload.order": "ok",
+        "ledger.keep_days": "ok",
+        "watch.mode": "ok",
         "api key": "ok",
     }
     assert results["config"][1] == path
@@ -177,3 +185,35 @@ def test_online_with_a_key_that_cannot_be_a_header_fails_without_printing_any_pa
         assert status == "FAIL" and "alone on one line" in detail, (name, detail)
     assert results["api health"][0] == "ok"
     assert simulator.state.received == []
+
+
+def test_check_shows_what_each_months_key_comes_to(config: Any, api_key: str) -> None:
+    path = config(
+        folders__done_action="delete",
+        folders__done_retention_days=30,
+        folders__done_layout="{accepted:%Y/%m/%d}",
+        upload__bandwidth="08:00,2M 18:00,20M 23:00,off",
+        upload__window="20:00-06:00",
+        upload__order="arrival",
+        ledger__keep_days=90,
+    )
+    code, results = check("--config", path, secrets=(api_key,))
+    assert code == 0, results
+    assert "deleted once accepted" in results["done_action"][1]
+    assert "older than 30 days" in results["done_retention"][1]
+    assert "{accepted:%Y/%m/%d}" in results["done_layout"][1]
+    assert results["upload.bandwidth"][1].startswith("08:00,2M 18:00,20M 23:00,off (local time); now ")
+    assert results["upload.window"][1].startswith("20:00-06:00 local time (")
+    assert results["upload.order"][1] == "in order of arrival"
+    assert "older than 90 days" in results["ledger.keep_days"][1]
+    assert results["watch.mode"][1].startswith("auto -> ")
+
+
+def test_a_bad_months_key_exits_78_naming_it(config: Any, api_key: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[upload]\nbandwidth = "20 MB"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "vocwatch", "check", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 78
+    assert 'upload.bandwidth: "20 MB" is not a rate; write 20M' in done.stdout + done.stderr

@@ -14,7 +14,8 @@ import pytest
 from support.fakes import Crash, CrashAt
 from support.world import World
 
-from vocwatch.core.states import FINAL, Stage
+from vocwatch.core.journey import DoneAction
+from vocwatch.core.states import FINAL, Stage, State
 from vocwatch.edges.effects import listening
 from vocwatch.edges.ledger_pg import PgLedger
 
@@ -72,6 +73,17 @@ def _check(world: World) -> None:
     rows = list(process.ledger.iter_all())
     world.crash()
     assert rows and all(r.state in FINAL for r in rows), [(r.recording_id, r.state) for r in rows]
+    if world.done_action == DoneAction.DELETE:
+        # Nothing kept and nothing lost: done/ stays empty, and each recording has a row that ended in done
+        # with its job id and sha256 (it reached Crescendo), its files deleted.
+        assert world.files("done") == [] and world.files("uploaded") == [], world.files("done")
+        ended = {r.sha256 for r in rows if r.state == State.DONE and r.job_id}
+        assert ended == set(by_sha), rows
+        for row in rows:
+            if row.job_id is not None:
+                sent = [r for r in world.uploader.received if r.sha256 == row.sha256]
+                assert sent[-1].job_id == row.job_id, (row.recording_id, [s.job_id for s in sent])
+        return
     # Nothing lost: each recording is in done/ exactly once, whole, beside its own sidecar.
     done = world.contents("done")
     assert sorted(done.values()) == sorted(by_sha), done
@@ -94,15 +106,21 @@ def backend(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
 
 
+@pytest.mark.parametrize("action", list(DoneAction), ids=["move", "delete"])
 @pytest.mark.parametrize("require_sidecar", [True, False], ids=["sidecar-required", "lone-allowed"])
 @pytest.mark.parametrize("stage", [Stage.DONE, Stage.UPLOADED], ids=["done-after-accepted", "done-after-completed"])
 def test_a_crash_at_every_effect_loses_nothing_and_resends_nothing_committed(
-    tmp_path: Path, stage: Stage, require_sidecar: bool, backend: str | None
+    tmp_path: Path, stage: Stage, require_sidecar: bool, action: DoneAction, backend: str | None
 ) -> None:
     def world(name: str) -> World:
         # One schema per world in the fleet database: each k starts from an empty ledger.
         return World(
-            tmp_path / name, done_stage=stage, require_sidecar=require_sidecar, ledger_url=backend, pg_schema=name
+            tmp_path / name,
+            done_stage=stage,
+            require_sidecar=require_sidecar,
+            done_action=action,
+            ledger_url=backend,
+            pg_schema=name,
         )
 
     counter = CrashAt()

@@ -10,8 +10,10 @@ import pytest
 from vocwatch.core.journey import (
     Busy,
     Conflict,
+    DoneAction,
     DropCopies,
     Duplicate,
+    FinishDelete,
     FinishMove,
     LoneSeen,
     OnConflict,
@@ -203,3 +205,62 @@ def test_the_transition_table_is_the_only_way(before: State | None, after: State
 
 def test_final_states_lead_nowhere() -> None:
     assert all(not TRANSITIONS[s] for s in FINAL)
+
+
+# -- folders.done_action = "delete" -------------------------------------------------------------------
+
+DELETE = DoneAction.DELETE
+
+
+@pytest.mark.parametrize(
+    ("existing", "step"),
+    [
+        (row(State.ACCEPTED), FinishDelete),  # the job id is durable: the files may go
+        (row(State.ACCEPTED, holder=GONE), FinishDelete),
+        (row(State.ACCEPTED, holder=OTHER), Duplicate),  # another live process deletes its own copy
+        (row(State.DONE, destination=None), Duplicate),  # deleted long ago, dropped again: a duplicate
+        (row(State.CLAIMED), Upload),  # nothing is deleted before the job id is durable
+        (row(State.UPLOADING), Upload),
+    ],
+)
+def test_decide_with_done_action_delete(existing: Row, step: type) -> None:
+    assert type(decide([existing], seen(), OnConflict.FAIL, DELETE)) is step
+
+
+@pytest.mark.parametrize(
+    ("rows", "step"),
+    [
+        ([row(State.ACCEPTED)], FinishDelete),  # the sidecar went first, then a crash
+        ([row(State.ACCEPTED, holder=OTHER)], Busy),
+        ([row(State.DUPLICATE, holder=None, destination=None)], FinishDelete),  # a deleted duplicate's half
+        ([row(State.DUPLICATE, holder=None, destination=None, sha=OTHER_SHA)], ReturnToInbox),
+        ([row(State.DUPLICATE, holder=None)], ReturnToInbox),  # a duplicate in done/: not deleted
+        ([row(State.CLAIMED)], ReturnToInbox),
+    ],
+)
+def test_decide_lone_with_done_action_delete(rows: list[Row], step: type) -> None:
+    observed = LoneSeen("call.wav", SHA, ME, frozenset({OTHER}), frozenset())
+    assert type(decide_lone(rows, observed, DELETE)) is step
+
+
+@pytest.mark.parametrize(
+    ("job", "where", "action", "step"),
+    [
+        (JobState.COMPLETED, Stage.UPLOADED, DELETE, RowStep.SETTLE_DELETE),
+        (JobState.COMPLETED, None, DELETE, RowStep.SETTLE_DELETE),  # deleted, then a crash before the commit
+        (JobState.FAILED, Stage.UPLOADED, DELETE, RowStep.SETTLE_FAILED),  # a failed job still goes to failed/
+        (JobState.UNKNOWN, Stage.UPLOADED, DELETE, RowStep.SETTLE_FAILED),
+        (JobState.STARTED, Stage.UPLOADED, DELETE, RowStep.KEEP),
+        (JobState.COMPLETED, Stage.UPLOADED, DoneAction.MOVE, RowStep.SETTLE_DONE),
+    ],
+)
+def test_decide_row_with_done_action_delete(
+    job: JobState, where: Stage | None, action: DoneAction, step: RowStep
+) -> None:
+    subject = row(State.UPLOADED, job_status=job, destination="/spool/uploaded/call.wav")
+    assert decide_row(subject, RowSeen(in_work=False, destination=where, mine=True), action) == step
+
+
+def test_an_accepted_row_whose_files_were_deleted_is_marked_done() -> None:
+    subject = row(State.ACCEPTED, destination="/spool/done/call.wav")
+    assert decide_row(subject, RowSeen(in_work=False, destination=None, mine=True), DELETE) == RowStep.MARK_DONE

@@ -102,3 +102,15 @@ def test_a_version_1_fleet_schema_gains_the_audio_columns_and_keeps_its_rows(pg_
         book.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT version FROM vocwatch.schema_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+
+
+def test_prune_drops_old_done_and_duplicate_rows_in_batches_and_keeps_failures(book: LedgerStore) -> None:
+    for i in range(5):
+        row = book.claim(f"d{i}", "aa", f"d{i}.mp3", 10)
+        assert row is not None
+        book.transition(book.transition(book.begin_attempt(row), State.ACCEPTED, job_id=f"j{i}"), State.DONE)
+    book.record_terminal("dup", "bb", "dup.mp3", 10, State.DUPLICATE, duplicate_of="j0")
+    book.record_terminal("bad", "cc", "bad.mp3", 10, State.FAILED, last_error="x")
+    assert book.prune(float("inf"), batch=2) == 6
+    assert [r.recording_id for r in book.rows()] == ["bad"]
+    assert book.prune(float("inf")) == 0

@@ -20,6 +20,7 @@ class FakeClock:
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start
+        self._lock = threading.Lock()
 
     def time(self) -> float:
         return self.now
@@ -28,7 +29,13 @@ class FakeClock:
         return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
+
+    def sleep_until(self, deadline: float) -> None:
+        """A sleeper that makes time pass instead: thread-safe, and time never goes back."""
+        with self._lock:
+            self.now = max(self.now, deadline)
 
 
 class Crash(BaseException):
@@ -208,6 +215,26 @@ class FailAt:
             self.then()
             return
         raise self.error
+
+
+class ShiftedClock:
+    """Real time plus an offset a test moves: a daemon's settle waits still pass, yet a test can jump to
+    19:59 or a month later (windows, timetables, retention) without waiting for it."""
+
+    def __init__(self, at: float | None = None) -> None:
+        import time as _time
+
+        self._time = _time
+        self.offset = 0.0 if at is None else at - _time.time()
+
+    def time(self) -> float:
+        return self._time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return self._time.monotonic() + self.offset
+
+    def jump_to(self, at: float) -> None:
+        self.offset += at - self.time()
 
 
 class QueuePool:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from support.fakes import FakeClock, MemoryUploader, NullRecorder
-from vocwatch.core.journey import OnConflict
+from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Pair, Retry
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
@@ -62,6 +62,7 @@ class World:
     holder: str = "host-1"
     done_stage: Stage = Stage.DONE
     require_sidecar: bool = True
+    done_action: DoneAction = DoneAction.MOVE
     process: Process | None = None
     log: Any = QUIET
     ledger_url: str | None = None  # the fleet ledger instead of ledger.sqlite3
@@ -100,6 +101,7 @@ class World:
             done_stage=self.done_stage,
             poll_initial_s=1.0,
             require_sidecar=self.require_sidecar,
+            done_action=self.done_action,
         )
         pipeline = Pipeline(
             folders=folders,
@@ -175,6 +177,7 @@ class World:
             unknown_after_s=60.0,
             log=QUIET,
             holder_alive=self.process.holder_alive,
+            done_action=self.done_action,
         )
         self.clock.advance(20.0)
         return poller.poll_due()

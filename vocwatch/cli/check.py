@@ -8,17 +8,20 @@ import functools
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from vocwatch.cli.common import settings_from
+from vocwatch.core import schedule
 from vocwatch.core.model import AuthProblem, Rejected
 from vocwatch.core.reasons import REASONS
 from vocwatch.edges.client import CrescendoClient, build_http, classify_upload
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
-from vocwatch.edges.watcher import held_open_means
+from vocwatch.edges.throttle import local_day_seconds
+from vocwatch.edges.watcher import choose_mode, held_open_means
 from vocwatch.runtime.daemon import check_layout
 
 Check = tuple[str, Callable[[], tuple[bool, str]]]
@@ -55,6 +58,57 @@ def _ledger(settings: Settings) -> tuple[bool, str]:
     except sqlite3.Error as exc:
         return False, f"{path}: {exc}; restore it from a backup or move it aside"
     return result == "ok", f"{path}: integrity {result}"
+
+
+def _months(settings: Settings) -> list[Check]:
+    """What the running-for-months keys come to (each line is ok: a bad value never loads at all)."""
+    f, up = settings.folders, settings.upload
+    table = up.timetable
+    window = up.upload_window
+    now = local_day_seconds(time.time())
+
+    def bandwidth() -> tuple[bool, str]:
+        if not table.limited:
+            return True, "no limit"
+        if len(table.entries) == 1:
+            return True, f"{table.show()}/s, all workers together"
+        return True, f"{table.show()} (local time); now {schedule.show_rate(table.rate_at(now))}"
+
+    def upload_window() -> tuple[bool, str]:
+        if window is None:
+            return True, "uploads start at any time"
+        state = "open now" if window.inside(now) else f"closed now, opens {window.opens}"
+        return True, f"{window.show()} local time ({state})"
+
+    def retention() -> tuple[bool, str]:
+        if f.done_retention_days <= 0:
+            return True, "done/ is kept (0: no retention)"
+        return True, f"pairs older than {f.done_retention_days:g} days leave {f.done}, at start and hourly"
+
+    def keep_days() -> tuple[bool, str]:
+        if settings.ledger.keep_days <= 0:
+            return True, "every row is kept"
+        return True, f"done/duplicate rows older than {settings.ledger.keep_days:g} days are pruned (failed kept)"
+
+    action = {
+        "move": f"accepted pairs are kept in {f.done}",
+        "delete": "both files are deleted once accepted"
+        + (" and completed" if f.done_after == "completed" else "")
+        + "; the ledger keeps the row and sha256",
+    }[f.done_action]
+    layout = f"{f.done}/{f.done_layout}/..." if f.done_layout else "flat: the inbox's own sub-folders"
+    order = "oldest first (by mtime)" if up.order == "oldest" else "in order of arrival"
+    mode = choose_mode(settings.watch.mode, f.inbox, recursive=settings.watch.recursive)
+    return [
+        ("done_action", lambda: (True, action)),
+        ("done_retention", retention),
+        ("done_layout", lambda: (True, layout)),
+        ("upload.bandwidth", bandwidth),
+        ("upload.window", upload_window),
+        ("upload.order", lambda: (True, order)),
+        ("ledger.keep_days", keep_days),
+        ("watch.mode", lambda: (True, f"{settings.watch.mode} -> {mode.show()}")),
+    ]
 
 
 def client_for(settings: Settings) -> CrescendoClient:
@@ -152,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
     events = settings.watch.mode != "poll"
     checks.append(("held-open files", lambda: (True, held_open_means(f.inbox, events=events)[1])))
     checks.append(("ledger", lambda: _ledger(settings)))
+    checks.extend(_months(settings))
     http = _http(settings)
     with contextlib.closing(_client_on(settings, http)) as client:
         checks.append(("api key", lambda: _key(settings, client)))

@@ -18,6 +18,13 @@ class OnConflict(StrEnum):
     UPLOAD = "upload"
 
 
+class DoneAction(StrEnum):
+    """folders.done_action: what happens to a pair once its upload is accepted (or its job completed)."""
+
+    MOVE = "move"  # to done/
+    DELETE = "delete"  # both files removed; the ledger keeps the row and the sha256
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     """A whole pair found in this process's work/ folder, hashed: what decides its next step."""
@@ -44,6 +51,14 @@ class Upload:
 @dataclass(frozen=True, slots=True)
 class FinishMove:
     """The job id is durable but the files are still in work/: move them to the row's destination."""
+
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class FinishDelete:
+    """done_action = "delete": the row allows it (accepted, durable; or a duplicate recorded as deleted), and
+    the files are still in work/: remove them (the sidecar first), then end the row."""
 
     row: Row
 
@@ -85,7 +100,12 @@ class ReturnToInbox:
     """A lone half the ledger knows nothing of: a claim cut short. It goes back to pair again."""
 
 
-Step = Upload | FinishMove | DropCopies | Duplicate | Conflict | Busy | ReturnToInbox
+Step = Upload | FinishMove | FinishDelete | DropCopies | Duplicate | Conflict | Busy | ReturnToInbox
+
+
+def _deleted(row: Row) -> bool:
+    """A row that ended with its files deleted (done_action = "delete"): final, and no destination."""
+    return row.state in (State.DONE, State.DUPLICATE) and row.destination is None
 
 
 def _mine(row: Row, seen: Seen) -> bool:
@@ -99,11 +119,18 @@ def moving(row: Row) -> bool:
     return row.state in OPEN and row.destination is not None
 
 
-def decide(rows: Sequence[Row], seen: Seen, on_conflict: OnConflict = OnConflict.FAIL) -> Step:
+def decide(
+    rows: Sequence[Row],
+    seen: Seen,
+    on_conflict: OnConflict = OnConflict.FAIL,
+    done_action: DoneAction = DoneAction.MOVE,
+) -> Step:
     """The next step for a whole pair in work/, given every ledger row of its recording id."""
     for row in rows:
         mine_here = row.sha256 == seen.sha256 and row.file == seen.file and _mine(row, seen)
-        if mine_here and (row.state == State.ACCEPTED or moving(row)):
+        if mine_here and row.state == State.ACCEPTED:
+            return FinishDelete(row) if done_action == DoneAction.DELETE else FinishMove(row)
+        if mine_here and moving(row):
             return FinishMove(row)
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
             return DropCopies(row)
@@ -141,9 +168,12 @@ class LoneSeen:
     linked_to: frozenset[int] = frozenset()
 
 
-def decide_lone(rows: Sequence[Row], seen: LoneSeen) -> FinishMove | DropCopies | ReturnToInbox | Busy:
-    """A lone recording in work/: its sidecar moved on before a crash or a failed move (the sidecar
-    always moves first), or a claim was cut short. ``rows``: the ledger's rows for this file."""
+LoneStep = FinishMove | FinishDelete | DropCopies | ReturnToInbox | Busy
+
+
+def decide_lone(rows: Sequence[Row], seen: LoneSeen, done_action: DoneAction = DoneAction.MOVE) -> LoneStep:
+    """A lone recording in work/: its sidecar moved on (or was deleted) before a crash or a failed move (the
+    sidecar always goes first), or a claim was cut short. ``rows``: the ledger's rows for this file."""
     probe = Seen("", seen.sha256, seen.file, seen.me, seen.alive, seen.linked_to)
     for row in rows:
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
@@ -151,7 +181,13 @@ def decide_lone(rows: Sequence[Row], seen: LoneSeen) -> FinishMove | DropCopies 
         # A failure decided before its content was known has no sha256: the file and the open row say it.
         same = row.sha256 == seen.sha256 or (moving(row) and row.sha256 == "")
         if row.file == seen.file and same and (row.state == State.ACCEPTED or moving(row)):
-            return FinishMove(row) if _mine(row, probe) else Busy(row)
+            if not _mine(row, probe):
+                return Busy(row)
+            if row.state == State.ACCEPTED and done_action == DoneAction.DELETE:
+                return FinishDelete(row)
+            return FinishMove(row)
+        if _deleted(row) and row.file == seen.file and row.sha256 == seen.sha256 and done_action == DoneAction.DELETE:
+            return FinishDelete(row)  # its sidecar was deleted, then the process died before the recording was
     return ReturnToInbox()
 
 
@@ -165,6 +201,7 @@ class RowStep(StrEnum):
     MARK_UPLOADED = "mark_uploaded"  # done_after = "completed": the files reached uploaded/
     SETTLE_DONE = "settle_done"  # the job completed: move uploaded/ -> done/
     SETTLE_FAILED = "settle_failed"  # the job failed or was forgotten: move uploaded/ -> failed/
+    SETTLE_DELETE = "settle_delete"  # the job completed and done_action = "delete": remove uploaded/'s files
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +211,7 @@ class RowSeen:
     mine: bool  # no other live process holds the row
 
 
-def decide_row(row: Row, seen: RowSeen) -> RowStep:
+def decide_row(row: Row, seen: RowSeen, done_action: DoneAction = DoneAction.MOVE) -> RowStep:
     """For a row after a restart (and for the poller): does the ledger or a move lag behind?"""
     if seen.in_work or not seen.mine:
         return RowStep.KEEP
@@ -187,5 +224,8 @@ def decide_row(row: Row, seen: RowSeen) -> RowStep:
         # was recorded. Either way it arrived; the row must not stay open.
         return RowStep.MARK_UPLOADED if seen.destination == Stage.UPLOADED else RowStep.MARK_DONE
     if row.state == State.UPLOADED and row.job_status in FINAL_JOB:
-        return RowStep.SETTLE_DONE if row.job_status == JobState.COMPLETED else RowStep.SETTLE_FAILED
+        if row.job_status != JobState.COMPLETED:
+            return RowStep.SETTLE_FAILED
+        # Delete only once the job completed: a job that fails still sends its pair to failed/.
+        return RowStep.SETTLE_DELETE if done_action == DoneAction.DELETE else RowStep.SETTLE_DONE
     return RowStep.KEEP

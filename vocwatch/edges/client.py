@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, Protocol, TypeVar, cast
 
 import h11
 import httpx
@@ -42,14 +42,33 @@ class JobStatus:
 StatusOutcome = JobStatus | Rejected | Retry | AuthProblem
 
 
-class _Upload:
-    """Adapts an open file to httpx's multipart streaming, with larger read chunks."""
+class Limiter(Protocol):
+    """The shared bandwidth limit (edges.throttle.Bandwidth): how many of ``wanted`` bytes may go now."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    def acquire(self, wanted: int) -> int: ...
+
+
+class _Upload:
+    """Adapts an open file to httpx's multipart streaming, with larger read chunks, through the limiter."""
+
+    def __init__(self, fh: IO[bytes], limiter: Limiter | None = None) -> None:
         self._fh = fh
+        self._limiter = limiter
 
     def read(self, size: int = -1) -> bytes:
-        return self._fh.read(UPLOAD_CHUNK if size and 0 < size < UPLOAD_CHUNK else size)
+        size = UPLOAD_CHUNK if size and 0 < size < UPLOAD_CHUNK else size
+        if self._limiter is None:
+            return self._fh.read(size)
+        if size is None or size < 0:
+            size = UPLOAD_CHUNK
+        # Only body bytes count (the multipart headers and the metadata field are not read through here),
+        # and only bytes that are there: the read that finds the end must not wait for, or use up, the limit.
+        here = self._fh.tell()
+        left = self._fh.seek(0, 2) - here
+        self._fh.seek(here)
+        if left <= 0:
+            return b""
+        return self._fh.read(self._limiter.acquire(min(size, left)))
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._fh.seek(offset, whence)
@@ -83,8 +102,11 @@ def build_http(
 
 
 class CrescendoClient:
-    def __init__(self, *, http: httpx.Client, base_url: str, tenant_id: str, key: KeyProvider) -> None:
+    def __init__(
+        self, *, http: httpx.Client, base_url: str, tenant_id: str, key: KeyProvider, limiter: Limiter | None = None
+    ) -> None:
         self._http = http
+        self._limiter = limiter
         self._base = base_url.rstrip("/")
         self._tenant = tenant_id
         self._key = key
@@ -128,7 +150,7 @@ class CrescendoClient:
                 self.upload_url,
                 headers=headers,
                 data={"metadata": metadata},
-                files={"audio": (filename, _Upload(audio), content_type)},  # type: ignore[dict-item]
+                files={"audio": (filename, _Upload(audio, self._limiter), content_type)},  # type: ignore[dict-item]
             )
         except (httpx.HTTPError, h11.LocalProtocolError) as exc:
             return _without(Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), headers)

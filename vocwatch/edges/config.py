@@ -28,6 +28,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from vocwatch.core import schedule
+
 EX_CONFIG = os.EX_CONFIG  # 78: a bad configuration
 
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*~", "*.swp")
@@ -58,6 +60,16 @@ class FoldersSettings(_Section):
     uploaded: Path | None = None  # default: <inbox's parent>/uploaded
     done_after: Literal["accepted", "completed"] = "accepted"
     instance: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    # "delete": both files are removed once accepted (or completed); the ledger keeps the row and sha256.
+    done_action: Literal["move", "delete"] = "move"
+    done_retention_days: float = Field(default=0.0, ge=0)  # > 0: pairs older than this leave done/
+    done_layout: str = ""  # e.g. "{accepted:%Y/%m/%d}": sub-folders of done/ by acceptance date
+
+    @field_validator("done_layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        schedule.check_layout(value)
+        return value
 
     @property
     def work_root(self) -> Path:
@@ -70,6 +82,7 @@ class FoldersSettings(_Section):
 
 class LedgerSettings(_Section):
     path: Path = Path("/var/lib/vocwatch/ledger.sqlite3")
+    keep_days: float = Field(default=0.0, ge=0)  # > 0: done and duplicate rows older than this are pruned
     # The fleet ledger instead of the file: a libpq URL (postgresql://USER@HOST/DB?sslmode=verify-full);
     # PG* environment variables fill in what it leaves out. No password here: see password_file.
     url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
@@ -98,6 +111,29 @@ class UploadSettings(_Section):
     on_conflict: Literal["fail", "upload"] = "fail"
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     auth_probe_seconds: float = Field(default=30.0, gt=0)
+    bandwidth: str = ""  # "20M", or a local-time timetable "08:00,2M 18:00,20M 23:00,off"; "" or "off": none
+    window: str = ""  # "20:00-06:00": uploads start only inside this local-time window; "": at any time
+    order: Literal["oldest", "arrival"] = "oldest"
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bandwidth(cls, value: str) -> str:
+        schedule.parse_bandwidth(value)
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        schedule.parse_window(value)
+        return value
+
+    @property
+    def timetable(self) -> schedule.Timetable:
+        return schedule.parse_bandwidth(self.bandwidth)
+
+    @property
+    def upload_window(self) -> schedule.Window | None:
+        return schedule.parse_window(self.window)
 
     @property
     def queue_capacity(self) -> int:
@@ -257,6 +293,8 @@ def _describe(err: Any, toml_path: Path | None) -> str:
     env = "VOCWATCH_" + "__".join(str(p) for p in err["loc"][:2]).upper()
     if err["type"] == "extra_forbidden":
         return f"{where}{key}: unknown key (check its spelling against config.example.toml, or unset {env})"
+    if err["type"] == "value_error":  # our own validators' messages quote the value and say what to write
+        return f"{where}{key}: {str(err['msg']).removeprefix('Value error, ')}"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{where}{key}: {err['msg']}{shown}; set it in the file or with {env}"

@@ -161,6 +161,16 @@ class Folders:
     def exists(self, claimed: Claimed) -> bool:
         return all(os.path.lexists(p) for p in claimed.paths())
 
+    def remove(self, claimed: Claimed) -> None:
+        """Delete the pair for good (folders.done_action = "delete"), the sidecar first: a crash in between
+        leaves the recording, which its ledger row recognises and deletes at the next start."""
+        for path in [p for p in (claimed.sidecar, claimed.audio) if p is not None]:
+            if os.path.lexists(path):
+                point(Effect.UNLINK, path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        _fsync_dirs({p.parent for p in claimed.paths()})
+
     def release(self, claimed: Claimed) -> None:
         """Put a claimed pair back where it came from, to be taken again later: under its own names, or
         under one ``~N`` suffix free for both, so that a newer file of the same name never joins it.
@@ -252,21 +262,25 @@ class Folders:
         _forget_journal(self._journal(claimed))
         return True
 
-    def plan_destination(self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False) -> Path:
+    def plan_destination(
+        self, claimed: Claimed, stage: Stage, *, with_error: bool = False, flat: bool = False, sub: str = ""
+    ) -> Path:
         """Where the recording will land in ``stage``: its relative path, suffixed if taken.
 
         ``with_error``: an error file goes beside it, so its name must fit too; ``flat``: at the top of
-        ``stage``, for a pair whose folders make the path too long there.
+        ``stage``, for a pair whose folders make the path too long there; ``sub``: a sub-folder of the stage
+        (folders.done_layout).
         """
-        target = self._target(claimed, stage, flat)
+        target = self._target(claimed, stage, flat, sub)
         for n in range(0, 10_000):
             names = _pair_names(target, claimed.pair, n, with_error)
             if not any(os.path.lexists(p) for p in names.values()):
                 return names["audio"]
         raise FileExistsError(f"{target}: 10000 names taken; clean up {self.stages[stage]}")
 
-    def _target(self, claimed: Claimed, stage: Stage, flat: bool) -> Path:
-        return self.stages[stage] / (claimed.pair.audio.name if flat else claimed.pair.audio)
+    def _target(self, claimed: Claimed, stage: Stage, flat: bool, sub: str = "") -> Path:
+        root = self.stages[stage] / sub if sub else self.stages[stage]
+        return root / (claimed.pair.audio.name if flat else claimed.pair.audio)
 
     def finish(
         self,
@@ -276,11 +290,15 @@ class Folders:
         error: Mapping[str, Any] | None = None,
         *,
         flat: bool = False,
+        sub: str = "",
     ) -> Path:
         """Move the pair (and write its error file, if any) into ``stage``; return the audio's path."""
         with_error = error is not None
-        destination = destination or self.plan_destination(claimed, stage, with_error=with_error, flat=flat)
-        target = self._target(claimed, stage, flat)
+        if destination is None:
+            destination = self.plan_destination(claimed, stage, with_error=with_error, flat=flat, sub=sub)
+            target = self._target(claimed, stage, flat, sub)
+        else:  # a planned destination names its folder (a sub-folder, flat or not): the names go there
+            target = destination.parent / claimed.pair.audio.name
         n = _suffix_of(destination, target, claimed.pair, with_error)
         # A sidecar that went ahead (the recording's move failed after it, say on a full disk) is carried
         # along if the recording must take another suffix: the pair never splits across two names.

@@ -66,6 +66,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS recordings_open ON recordings (recording_id, s
     WHERE state IN ('claimed', 'uploading');
 """
 
+# Indexes added outside the numbered migrations, each guarded by IF NOT EXISTS (so they merge with any
+# schema version): pruning by age (ledger.keep_days) and `ledger list --since` read rows by updated_at.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS recordings_updated ON recordings (updated_at)",)
+# Rows pruned per transaction: each batch is short, so uploads' commits never wait long behind it.
+PRUNE_BATCH = 5000
+PRUNABLE = ("done", "duplicate")
+RECLAIM_PAGES = 4096  # pages given back per step of the incremental vacuum (16 MiB at 4 KiB pages)
+
 COLUMNS = [
     "id",
     "recording_id",
@@ -183,11 +191,16 @@ class Ledger:
             # Read the header now: a file that is no database must fail here, not at the first upload.
             self._db.execute("PRAGMA schema_version").fetchone()
             if not readonly:
+                # Space freed by pruning can be given back (incremental vacuum). Only a new, empty file takes
+                # it, and only before anything (journal_mode = WAL included) writes its first page.
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 # FULL: a commit is on disk before we rename files on the strength of it.
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(_SCHEMA)
                 self._migrate()
+                for index in _INDEXES:
+                    self._db.execute(index)
             present = {r[1] for r in self._db.execute("PRAGMA table_info(recordings)")}
         except sqlite3.Error as exc:
             self._db.close()
@@ -267,9 +280,12 @@ class Ledger:
         created_since: float | None = None,
     ) -> list[Row]:
         clauses, args = [], []
+        # Two bounds on updated_at: without table statistics SQLite then rates the recordings_updated index
+        # above a scan in id order, so `ledger list --since 1h` reads only the last hour's rows.
+        since_clause = "updated_at >= ? AND updated_at < 9e999"
         for clause, value in (
             ("state = ?", state),
-            ("updated_at >= ?", since),
+            (since_clause, since),
             ("recording_id = ?", recording_id),
             ("created_at >= ?", created_since),
         ):
@@ -423,6 +439,61 @@ class Ledger:
 
     def _get(self, row_id: int) -> Row:
         return _row(self._db.execute(f"SELECT {self._cols} FROM recordings WHERE id = ?", (row_id,)).fetchone())
+
+    def prune(self, before: float, *, batch: int = PRUNE_BATCH, stop: Any = None) -> int:
+        """Delete done and duplicate rows (and their events) last changed before ``before``, in batches;
+        failed rows are kept. Then give the space back (incremental vacuum). Returns the rows deleted."""
+        deleted = 0
+        marks = ", ".join("?" for _ in PRUNABLE)
+        while stop is None or not stop.is_set():
+            with self._write(durable=False):
+                # One batch, picked once into a temporary table: its events, then the rows themselves.
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_batch (id INTEGER PRIMARY KEY)")
+                self._db.execute("DELETE FROM prune_batch")
+                self._db.execute(
+                    f"INSERT INTO prune_batch SELECT id FROM recordings WHERE updated_at < ? AND state IN ({marks}) "
+                    "LIMIT ?",
+                    (before, *PRUNABLE, batch),
+                )
+                count = int(self._db.execute("SELECT COUNT(*) FROM prune_batch").fetchone()[0])
+                self._db.execute("DELETE FROM events WHERE row_id IN (SELECT id FROM prune_batch)")
+                self._db.execute("DELETE FROM recordings WHERE id IN (SELECT id FROM prune_batch)")
+            deleted += count
+            if count < batch:
+                break
+        if deleted:
+            self.reclaim()
+        return deleted
+
+    def reclaim(self) -> bool:
+        """Return free pages to the file system (incremental vacuum); False when this ledger cannot.
+
+        A ledger file made before auto_vacuum = INCREMENTAL was set would need a full VACUUM to switch, which
+        holds the database for minutes on a big ledger (every upload's commit would wait): that is never done
+        here. Its freed pages are reused for new rows instead, so the file stops growing; a VACUUM while the
+        daemon is stopped (sqlite3 LEDGER 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;') gives the space back.
+        """
+        if not self.incremental:
+            return False
+        while True:
+            with self._lock:  # a bounded step at a time: uploads' commits slip in between
+                if int(self._db.execute("PRAGMA freelist_count").fetchone()[0]) == 0:
+                    return True
+                # executescript: it steps the pragma to its end (execute() frees one page per call).
+                self._db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES});")
+
+    @property
+    def incremental(self) -> bool:
+        """Does this ledger file give pruned space back (auto_vacuum = INCREMENTAL)?"""
+        with self._lock:
+            return int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+
+    def space(self) -> tuple[int, int]:
+        """(pages, free pages) of the ledger file."""
+        with self._lock:
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, free
 
     def update_job(self, row_id: int, **fields: Any) -> None:
         now = self._clock.time()

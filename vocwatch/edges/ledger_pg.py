@@ -30,7 +30,7 @@ from vocwatch.core.model import Clock
 # Every commit is durable here (the server's synchronous_commit): no DURABLE distinction as in SQLite.
 from vocwatch.core.states import FINAL, FINAL_JOB, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
-from vocwatch.edges.ledger import AUDIO_COLUMNS, StaleRowError
+from vocwatch.edges.ledger import AUDIO_COLUMNS, PRUNABLE, PRUNE_BATCH, StaleRowError
 from vocwatch.edges.ledger import COLUMNS as SQLITE_COLUMNS
 
 __all__ = ["LeaseLostError", "LedgerUnavailableError", "PgLedger", "redact"]
@@ -553,6 +553,39 @@ class PgLedger:
 
     def begin_attempt(self, row: Row) -> Row:
         return self.transition(row, State.UPLOADING)
+
+    def prune(self, before: float, *, batch: int = PRUNE_BATCH, stop: Any = None) -> int:
+        """As the SQLite ledger's: done and duplicate rows (with their events) last changed before ``before``,
+        in short batches; failed rows are kept. The server's autovacuum reuses the space."""
+        deleted = 0
+        marks = ", ".join("%s" for _ in PRUNABLE)
+
+        def write(conn: psycopg.Connection[tuple[Any, ...]], retry: bool) -> int:
+            ids = [
+                int(i)
+                for (i,) in conn.execute(
+                    f"SELECT id FROM recordings WHERE updated_at < %s AND state IN ({marks}) ORDER BY id LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED",
+                    (before, *PRUNABLE, batch),
+                ).fetchall()
+            ]
+            if ids:
+                conn.execute("DELETE FROM events WHERE row_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM recordings WHERE id = ANY(%s)", (ids,))
+            return len(ids)
+
+        while stop is None or not stop.is_set():
+            count = self._run(write)  # a retry after a lost COMMIT finds the rows gone: nothing twice
+            deleted += count
+            if count < batch:
+                break
+        return deleted
+
+    @property
+    def incremental(self) -> bool:
+        """Pruned space is the server's to reuse (autovacuum): nothing to say about it, as for SQLite's
+        incremental vacuum."""
+        return True
 
     def update_job(self, row_id: int, **fields: Any) -> None:
         _check(fields)

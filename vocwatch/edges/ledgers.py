@@ -68,6 +68,14 @@ class LedgerStore(Protocol):
 
     def update_job(self, row_id: int, **fields: Any) -> None: ...
 
+    def prune(self, before: float, *, batch: int = ..., stop: Any = None) -> int: ...
+
+    @property
+    def incremental(self) -> bool: ...
+
+    @property
+    def path(self) -> object: ...
+
 
 HolderAlive = Callable[[str], bool]
 

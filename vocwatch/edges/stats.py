@@ -30,6 +30,9 @@ class Stats:
             "vocwatch_upload_duration_seconds", "Time of one accepted upload request", buckets=_BUCKETS, registry=r
         )
         self._jobs = prom.Counter("vocwatch_jobs", "Job status replies, by remote status", ["status"], registry=r)
+        self._body = prom.Counter(
+            "vocwatch_upload_body_sent_bytes", "Recording bytes handed to the network (upload.bandwidth)", registry=r
+        )
         self._audio = prom.Counter(
             "vocwatch_audio_seconds", "Seconds of audio in recordings accepted by the API", registry=r
         )
@@ -44,6 +47,10 @@ class Stats:
             self._audio.inc(audio_s)
             self._duration.observe(seconds)
             self._last.set(time.time())
+
+    def body_bytes(self, at: float, nbytes: int) -> None:
+        """The bandwidth limiter handed out ``nbytes`` of a recording's body."""
+        self._body.inc(nbytes)
 
     def retried(self, reason: str) -> None:
         with self._lock:

@@ -18,7 +18,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
+from vocwatch.core import filesystems
 from vocwatch.edges.inbox import MAX_DEPTH, folder_depth
+from vocwatch.edges.mounts import fs_type, mounts_below
 from vocwatch.edges.validate import LeaseReach, lease_reach
 
 Mode = Literal["auto", "inotify", "poll"]
@@ -202,6 +204,13 @@ class Watcher:
         self.kind = "none"
         self.restarts = 0
         self.problem: str | None = "not started"
+        self._said: str | None = None  # the last watch.mode choice logged: once, and again only if it changes
+        self.choice = filesystems.Choice(mode if mode != "auto" else "inotify")
+
+    def choose(self) -> filesystems.Choice:
+        """What ``watch.mode`` comes to here: for "auto", polling when the inbox (or, recursive, a mount below
+        it) is on a filesystem where inotify misses remote writes (NFS, CIFS/SMB, FUSE, ...)."""
+        return choose_mode(self._mode, self._root, recursive=self._recursive)
 
     def start(self) -> bool:
         """Start watching; False (logged once per outage) if the inbox cannot be watched right now."""
@@ -247,7 +256,21 @@ class Watcher:
             self._log.warning("watch.held_open_undetectable", inbox=str(self._root), **fields, fix=UNDETECTABLE_FIX)
 
     def _start_observer(self) -> BaseObserver | None:
-        if self._mode != "poll":
+        self.choice = self.choose()
+        shown = self.choice.show()
+        if self._mode == "auto" and shown != self._said:
+            self._said = shown
+            if self.choice.mode == "poll":
+                self._log.info(
+                    "watch.polling",
+                    paths=[path for path, _ in self.choice.polled],
+                    why=[why for _, why in self.choice.polled],
+                    note='watch.mode = "auto": inotify misses writes made elsewhere on these filesystems; '
+                    "the whole inbox is polled every watch.poll_interval_seconds",
+                )
+            else:
+                self._log.info("watch.events", inbox=str(self._root), why=self.choice.why)
+        if self.choice.mode != "poll":
             try:
                 return self._launch(events=True)
             except OSError as exc:
@@ -375,3 +398,13 @@ class Watcher:
             observer.stop()
             if observer.is_alive():
                 observer.join(timeout=5)
+
+
+def choose_mode(mode: Mode, inbox: Path, *, recursive: bool) -> filesystems.Choice:
+    """core.filesystems.choose over the inbox's filesystem type and, when recursive, the mounts below it."""
+    if mode != "auto":
+        return filesystems.choose(mode, [])
+    types: list[tuple[str, int | None]] = [(str(inbox), fs_type(inbox))]
+    if recursive:
+        types += [(point, fs_type(point)) for point in mounts_below(inbox)]
+    return filesystems.choose(mode, types)

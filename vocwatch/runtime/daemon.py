@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from vocwatch.core.health import Limits, Observations, healthy, upload_limit
-from vocwatch.core.journey import OnConflict
+from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Clock
 from vocwatch.core.pairing import Rules
 from vocwatch.core.states import Stage
@@ -26,8 +26,10 @@ from vocwatch.edges.logs import SCRUB
 from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
 from vocwatch.edges.stats import Stats
 from vocwatch.edges.stats import serve as serve_metrics
+from vocwatch.edges.throttle import Bandwidth
 from vocwatch.edges.watcher import Watcher
 from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.housekeeping import Housekeeping
 from vocwatch.runtime.lease import LeaseKeeper
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
 from vocwatch.runtime.planner import Planner, ScanOptions
@@ -36,6 +38,7 @@ from vocwatch.runtime.pool import Pool
 from vocwatch.runtime.recovery import other_instances as p_others
 from vocwatch.runtime.recovery import recover
 from vocwatch.runtime.supervisor import CallbackService, LoopService, Service, Supervisor
+from vocwatch.runtime.window import UploadWindow
 
 EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
 # A planner or poller loop ticks at least every second; one silent for this long is stalled.
@@ -55,12 +58,14 @@ class Parts:
     pipeline: Pipeline
     pool: Pool
     stats: Stats
+    bandwidth: Bandwidth
     # Is another process that holds ledger rows alive? Its work folder's flock (one host, SQLite), or
     # its lease in the fleet ledger (PostgreSQL: any host).
     holder_alive: HolderAlive
     lease: LeaseKeeper | None = None  # the fleet ledger's lease service
 
     def close(self) -> None:
+        self.bandwidth.stop()
         self.client.close()
         self.ledger.close()
         self.folders.unlock()
@@ -140,8 +145,16 @@ def build(
         trust_env=api.trust_env,
         proxy=api.proxy,
     )
-    client = CrescendoClient(http=http, base_url=str(api.base_url), tenant_id=api.tenant_id, key=key)
     up = settings.upload
+    # One limiter for every worker of this process: upload.bandwidth holds for all of them together.
+    bandwidth = Bandwidth(up.timetable, clock, on_grant=stats.body_bytes)
+    client = CrescendoClient(
+        http=http,
+        base_url=str(api.base_url),
+        tenant_id=api.tenant_id,
+        key=key,
+        limiter=bandwidth,
+    )
     gate = Gate(
         clock,
         initial_backoff=up.initial_backoff_seconds,
@@ -156,6 +169,8 @@ def build(
         require_sidecar=settings.watch.require_sidecar,
         truncated=settings.watch.truncated,
         poll_initial_s=settings.status.poll_initial_seconds if settings.status.poll else None,
+        done_action=DoneAction(f.done_action),
+        done_layout=f.done_layout,
     )
     pipeline = Pipeline(
         folders=folders,
@@ -174,7 +189,12 @@ def build(
         clock=clock,
         give_up_after_s=up.give_up_after_seconds,
     )
-    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats, holder_alive, lease)
+    stats.live(
+        "vocwatch_bandwidth_limit_bytes_per_second",
+        "upload.bandwidth in force now (0: no limit)",
+        lambda: bandwidth.rate() or 0,
+    )
+    return Parts(settings, clock, folders, ledger, client, gate, pipeline, pool, stats, bandwidth, holder_alive, lease)
 
 
 def require_key(settings: Settings) -> None:
@@ -199,6 +219,9 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.log = structlog.get_logger("vocwatch.runtime.daemon")
         p = self.parts
+        self.window = UploadWindow(settings.upload.upload_window, p.clock)
+        p.pool.window = self.window
+        p.stats.live("vocwatch_upload_window_open", "1 while upload.window lets uploads start", self.window.is_open)
         watch = settings.watch
         # The pool wakes the planner when a slot frees, so a backlog drains without polling.
         self.planner = Planner(
@@ -210,12 +233,18 @@ class Daemon:
                 ignore=watch.ignore,
                 recursive=watch.recursive,
                 rescan_s=watch.rescan_seconds,
+                order=settings.upload.order,
                 incomplete_timeout_s=watch.incomplete_timeout_seconds,
             ),
         )
         p.pool.on_idle = self.planner.hint
         if p.lease is not None:
             p.lease.on_adopted = lambda: self.planner.hint("", "rescan")
+        p.stats.live(
+            "vocwatch_oldest_pending_age_seconds",
+            "Age (by mtime) of the oldest complete pair not yet delivered; 0 when none waits",
+            self.oldest_pending_age,
+        )
         st = settings.status
         self.poller = StatusPoller(
             ledger=p.ledger,
@@ -229,6 +258,8 @@ class Daemon:
             unknown_after_s=st.unknown_job_seconds,
             in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,
+            done_action=DoneAction(settings.folders.done_action),
+            done_layout=settings.folders.done_layout,
             holder_alive=p.holder_alive,
         )
         p.stats.live("vocwatch_queue_depth", "Claimed pairs waiting for a worker", lambda: p.pool.queued)
@@ -256,6 +287,16 @@ class Daemon:
             upload_s=upload_limit(api.connect_timeout_seconds, api.read_timeout_seconds, api.read_timeout_seconds),
         )
         self.unhealthy: str | None = None  # why the last heartbeat sent no WATCHDOG=1
+        f = settings.folders
+        self.housekeeping = Housekeeping(
+            folders=p.folders,
+            ledger=p.ledger,
+            clock=p.clock,
+            retention_days=f.done_retention_days,
+            keep_days=settings.ledger.keep_days,
+            keep_out=[f.failed, f.inbox, f.work_root, f.uploaded_root],
+        )
+        self._housekeeping_loop = LoopService("housekeeping", self.housekeeping.run, self.housekeeping.stop, p.clock)
         self._planner_loop = LoopService("planner", self.planner.run, self.planner.stop, p.clock)
         self._poller_loop = LoopService("status-poller", self.poller.run, self.poller.stop, p.clock)
         self.supervisor = Supervisor(self._services(), p.clock)
@@ -276,11 +317,18 @@ class Daemon:
             services.append(CallbackService("metrics", start_metrics, lambda: stop_metrics.pop()()))
         if self.settings.status.poll:
             services.append(self._poller_loop)
+        if self.housekeeping.needed:
+            services.append(self._housekeeping_loop)
         services.append(self.parts.pool)
         # The watcher before the planner's first scan: nothing dropped in between goes unannounced.
         services.append(CallbackService("watcher", self.watcher.start, self.watcher.stop))
         services.append(self._planner_loop)
         return services
+
+    def oldest_pending_age(self) -> float:
+        """Seconds since the mtime of the oldest complete pair that is ready, queued or being uploaded."""
+        times = [t for t in (self.planner.oldest_ready_mtime(), self.parts.pool.oldest_mtime()) if t is not None]
+        return max(0.0, self.parts.clock.time() - min(times)) if times else 0.0
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
@@ -408,11 +456,16 @@ class Daemon:
             state = f"ledger unreachable ({down}), claims paused" + ("" if state == "ok" else f", {state}")
         elif p.lease is not None and p.lease.lost:
             state = "lease taken over, waiting for a new one" + ("" if state == "ok" else f", {state}")
+        waiting = self.window.waiting()
+        if waiting is not None:
+            state = waiting if state == "ok" else f"{waiting}, {state}"
         if self.watcher.problem:  # say why nothing new is taken, not "ok"
             state = f"watcher down: {self.watcher.problem}" + ("" if state == "ok" else f", {state}")
+        limit = f", bandwidth {p.bandwidth.describe()}" if p.bandwidth.limited else ""
         return (
             f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"
+            f"{limit}"
         )
 
     def _ledger_problem(self) -> str | None:

@@ -14,7 +14,7 @@ from typing import IO, Any, Literal, Protocol
 import structlog
 
 from vocwatch.core.audio import Incomplete, Unknown, describe
-from vocwatch.core.journey import OnConflict
+from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Accepted, Clock, End, Outcome, Problem, Rejected, Unsettled
 from vocwatch.core.pairing import printable
 from vocwatch.core.reasons import Reason
@@ -54,6 +54,8 @@ class PipelineOptions:
     done_stage: Stage = Stage.DONE
     poll_initial_s: float | None = 5.0  # None: the status poller is off
     require_sidecar: bool = True
+    done_action: DoneAction = DoneAction.MOVE
+    done_layout: str = ""  # folders.done_layout: done/'s sub-folder by acceptance date
     truncated: Literal["fail", "upload"] = "fail"  # watch.truncated: what an incomplete structure gets
 
 
@@ -114,7 +116,13 @@ class Pipeline:
             folders=folders,
             ledger=ledger,
             clock=clock,
-            policy=Policy(options.on_conflict, options.done_stage, options.require_sidecar),
+            policy=Policy(
+                options.on_conflict,
+                options.done_stage,
+                options.require_sidecar,
+                options.done_action,
+                options.done_layout,
+            ),
             recorder=recorder,
             stopping=self._stopping,
             holder_alive=holder_alive,
@@ -284,7 +292,8 @@ class Pipeline:
 
     def _accepted(self, prep: Prepared, job_id: str, seconds: float) -> None:
         log = prep.log.bind(job_id=job_id)
-        dest = self.folders.plan_destination(prep.claimed, self.options.done_stage)
+        sub = self.settle.done_folder() if self.options.done_stage == Stage.DONE else ""
+        dest = self.folders.plan_destination(prep.claimed, self.options.done_stage, sub=sub)
         poll_at = None if self.options.poll_initial_s is None else self.clock.time() + self.options.poll_initial_s
         # The job id is durable before any file moves: a crash from here on never re-uploads.
         prep.row = self.ledger.transition(
@@ -303,7 +312,8 @@ class Pipeline:
         self.recorder.finished(End.DONE, nbytes=size, seconds=seconds, audio_s=prep.audio_s or 0.0)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:
-        """Move an accepted pair to its recorded destination and end its row (also crash recovery)."""
+        """Move an accepted pair to its recorded destination (or, done_action = "delete" with done/ as its
+        stage, remove it) and end its row (also crash recovery). The job id is durable by now."""
         log = log or self.log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
         self.settle.finish(claimed, row, log)
 

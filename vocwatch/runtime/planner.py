@@ -29,6 +29,7 @@ from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
 from vocwatch.runtime.errors import error_document, name_too_long
+from vocwatch.runtime.order import Order, ReadyQueue
 from vocwatch.runtime.pool import Pool
 
 # What the watcher reports (see watcher.py): created, opened, modified, closed, closed_no_write,
@@ -61,6 +62,7 @@ class ScanOptions:
     ignore: tuple[str, ...]
     recursive: bool
     rescan_s: float
+    order: Order = "arrival"  # upload.order: "oldest" hands out ready pairs by the recording's mtime
     incomplete_timeout_s: float = 600.0  # watch.incomplete_timeout_seconds
 
 
@@ -76,8 +78,7 @@ class Planner:
         self._hints: queue.SimpleQueue[Hint | None] = queue.SimpleQueue()
         self._deadlines: list[tuple[float, Key]] = []
         self._scheduled: dict[Key, float] = {}
-        self._ready: deque[Ready] = deque()
-        self._ready_set: set[Ready] = set()
+        self._ready = ReadyQueue(options.order)
         self._leftovers: deque[Claimed] = deque()
         self._rescan_requested = False
         self._scanned: set[str] = set()
@@ -102,6 +103,11 @@ class Planner:
     @property
     def pending(self) -> int:
         return len(self._inbox.entries)
+
+    def oldest_ready_mtime(self) -> float | None:
+        """The mtime (epoch seconds) of the oldest complete pair not yet claimed; None when there is none."""
+        ns = self._ready.oldest_mtime_ns()
+        return None if ns is None else ns / 1e9
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -175,19 +181,21 @@ class Planner:
                 self._inbox.dirty.add(key)
         # What changes while this runs (claims, expiries) is planned at the next step.
         keys = self._inbox.take_dirty()
+        # Oldest first means all of a backlog is planned before the first claim; arrival order feeds between slices.
+        interleave = self._ready.order == "arrival"
         for start in range(0, len(keys), PLAN_SLICE):
             self._plan(keys[start : start + PLAN_SLICE])
-            self._feed()
-        if not keys:
+            if interleave:
+                self._feed()
+        if not keys or not interleave:
             self._feed()
 
     def _plan(self, keys: list[Key]) -> None:
         entries = [entry for key in keys for entry in self._inbox.members(key)]
         decided = pairing.decide(entries, self._clock.monotonic(), self._opts.rules)
         for pair in decided.ready:
-            if pair not in self._ready_set:
-                self._ready_set.add(pair)
-                self._ready.append(pair)
+            entry = self._inbox.entries.get(pair[0])
+            self._ready.add(pair, entry.mtime_ns if entry is not None else 0)
         for expired in decided.expired:
             self._expire(expired)
         for key, at in decided.waiting.items():
@@ -201,9 +209,7 @@ class Planner:
                 self._log.info("claim.recovered", file=str(leftover.pair.audio))
                 self._pool.offer(leftover)
         while self._ready and self._pool.has_room():
-            pair = self._ready.popleft()
-            self._ready_set.discard(pair)
-            self._claim(pair)
+            self._claim(self._ready.pop())
 
     # -- hints ---------------------------------------------------------------------------
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import structlog
 
+from vocwatch.core.journey import DoneAction, RowSeen, RowStep, decide_row
 from vocwatch.core.model import Clock, Pair, Problem, Rejected
 from vocwatch.core.reasons import Reason
+from vocwatch.core.schedule import layout_folder
 from vocwatch.core.states import FINAL_JOB, JobState, Row, Stage, State
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
@@ -41,8 +44,12 @@ class StatusPoller:
         in_flight: Callable[[Row], bool] = lambda row: False,
         on_status: Callable[[str], None] = lambda status: None,
         log: Any = None,
+        done_action: DoneAction = DoneAction.MOVE,
+        done_layout: str = "",
         holder_alive: HolderAlive | None = None,
     ) -> None:
+        self._done_action = done_action
+        self._done_layout = done_layout
         self._ledger = ledger
         # Liveness of another row holder: its work folder's flock by default, its lease in the fleet ledger.
         self._holder_alive = holder_alive or folders.holder_alive
@@ -127,6 +134,14 @@ class StatusPoller:
                 log.error("files.move_failed", error=f"{exc.strerror or exc} ({exc.filename})", fix="retried soon")
         return len(rows)
 
+    def _done_folder(self, row: Row) -> str:
+        """done/'s sub-folder by the row's acceptance time (its ``accepted`` event), local time."""
+        if not self._done_layout:
+            return ""
+        accepted = [at for at, event, _ in self._ledger.events(row.id) if event == State.ACCEPTED]
+        when = accepted[-1] if accepted else self._clock.time()
+        return layout_folder(self._done_layout, datetime.fromtimestamp(when))
+
     def _poll(self, row: Row) -> None:
         assert row.job_id is not None
         log = self._log.bind(recording_id=row.recording_id, job_id=row.job_id, file=row.file)
@@ -188,11 +203,23 @@ class StatusPoller:
             )
             side_rel = PurePosixPath(sidecar.relative_to(root).as_posix()) if sidecar else None
             claimed = Claimed(Pair(rel, side_rel), root, root)
-        if row.job_status == JobState.COMPLETED:
+        seen = RowSeen(in_work=False, destination=Stage.UPLOADED if claimed is not None else None, mine=True)
+        step = decide_row(row, seen, self._done_action)
+        if step == RowStep.KEEP:
+            return
+        if step == RowStep.SETTLE_DELETE:
+            # The job completed, and that is durable in the row's state: the pair may go. A crash after the
+            # unlinks and before this commit finds no files here next time, and the row still ends.
+            if claimed is not None:
+                self._folders.remove(claimed)
+            self._ledger.transition(row, State.DONE, event="deleted", destination=None)
+            log.info("files.deleted", note="job completed; folders.done_action = delete")
+            return
+        if step == RowStep.SETTLE_DONE:
             if claimed is None:  # moved by hand: the row still ends, and says where it was
                 self._ledger.transition(row, State.DONE, last_error="files not found in uploaded/")
                 return
-            dest = self._folders.finish(claimed, Stage.DONE)
+            dest = self._folders.finish(claimed, Stage.DONE, sub=self._done_folder(row))
             self._ledger.transition(row, State.DONE, destination=str(dest))
             return
         if row.job_status == JobState.UNKNOWN:

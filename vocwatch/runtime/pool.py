@@ -25,6 +25,7 @@ from vocwatch.edges.ledger_pg import LedgerUnavailableError
 from vocwatch.runtime.errors import outcome_line
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared
+from vocwatch.runtime.window import UploadWindow
 
 _STOP = object()
 
@@ -53,8 +54,10 @@ class Pool:
         give_up_after_s: float | None = None,
         on_idle: Callable[[], None] = lambda: None,
         on_done: Callable[[Claimed, End], None] = lambda c, s: None,
+        window: UploadWindow | None = None,
     ) -> None:
         self.name = "pool"
+        self.window = window  # upload.window: outside it nothing new is taken, and no attempt starts
         self._pipeline = pipeline
         self._gate = gate
         self._clock = clock
@@ -73,6 +76,7 @@ class Pool:
         self._activity = [_Activity(WorkerState.IDLE, clock.monotonic()) for _ in range(workers)]
         self._queue_moved = clock.monotonic()
         self._in_flight: set[str] = set()  # every path of every pair queued or being worked on
+        self._mtimes: dict[str, float] = {}  # each queued or worked-on recording's mtime (oldest pending gauge)
         self._count = 0
         self._stopping = threading.Event()
         self._idle = threading.Condition(self._lock)
@@ -87,9 +91,15 @@ class Pool:
         if self._stopping.is_set():
             return False
         paths = [str(p) for p in claimed.paths()]
+        try:
+            mtime = os.lstat(claimed.audio).st_mtime
+        except OSError:
+            mtime = None
         # Registered before it is queued: a worker may finish it before put_nowait returns.
         with self._lock:
             self._in_flight.update(paths)
+            if mtime is not None:
+                self._mtimes[str(claimed.audio)] = mtime
             self._count += 1
         if self._queue.qsize() >= self._capacity:
             self._forget(claimed)
@@ -101,6 +111,9 @@ class Pool:
         return True
 
     def has_room(self) -> bool:
+        """May the planner claim one more pair now? Not while full, stopping, or outside the upload window."""
+        if self.window is not None and not self.window.is_open():
+            return False
         return not self._stopping.is_set() and self._queue.qsize() < self._capacity
 
     def holds(self, path: str) -> bool:
@@ -120,6 +133,11 @@ class Pool:
     def busy(self) -> int:
         with self._lock:
             return self._count - self._queue.qsize()
+
+    def oldest_mtime(self) -> float | None:
+        """The mtime of the oldest recording queued or being worked on (not yet delivered)."""
+        with self._lock:
+            return min(self._mtimes.values(), default=None)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
@@ -206,6 +224,7 @@ class Pool:
     def _forget(self, claimed: Claimed) -> None:
         with self._lock:
             self._in_flight.difference_update(str(p) for p in claimed.paths())
+            self._mtimes.pop(str(claimed.audio), None)
             self._count -= 1
             if self._count == 0:
                 self._idle.notify_all()
@@ -277,6 +296,10 @@ class Pool:
         first_failure: float | None = None
         while True:
             self._mark(i, WorkerState.WAITING, prepared)
+            if self.window is not None and not self.window.wait_open(self._stopping):
+                self._mark(i, WorkerState.WORKING)
+                self._pipeline.release(prepared, "shutting down")
+                return End.RELEASED
             if self._stopping.is_set() or not self._gate.acquire():
                 self._mark(i, WorkerState.WORKING)
                 self._pipeline.release(prepared, "shutting down")

@@ -12,16 +12,20 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 from vocwatch.core.journey import (
     Busy,
     Conflict,
+    DoneAction,
     DropCopies,
     Duplicate,
+    FinishDelete,
     FinishMove,
     LoneSeen,
+    LoneStep,
     OnConflict,
     ReturnToInbox,
     Seen,
@@ -32,6 +36,7 @@ from vocwatch.core.journey import (
 from vocwatch.core.model import Clock, End, Problem, Unsettled
 from vocwatch.core.pairing import classify
 from vocwatch.core.reasons import Reason
+from vocwatch.core.schedule import layout_folder
 from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledgers import HolderAlive, LedgerStore
@@ -58,6 +63,8 @@ class Policy:
     on_conflict: OnConflict
     done_stage: Stage
     require_sidecar: bool
+    done_action: DoneAction = DoneAction.MOVE
+    done_layout: str = ""  # folders.done_layout: done/'s sub-folder by acceptance date
 
 
 class Settler:
@@ -82,6 +89,14 @@ class Settler:
         # Liveness of another row holder: its work folder's flock by default, its lease in the fleet ledger.
         self.holder_alive = holder_alive or folders.holder_alive
 
+    def done_folder(self) -> str:
+        """done/'s sub-folder for a pair accepted now (folders.done_layout, local time)."""
+        layout = self.policy.done_layout
+        return layout_folder(layout, datetime.fromtimestamp(self.clock.time())) if layout else ""
+
+    def _deleting(self) -> bool:
+        return self.policy.done_action == DoneAction.DELETE
+
     def _alive(self, rows: list[Row]) -> frozenset[str]:
         holders = {r.holder for r in rows if r.holder and r.holder != self.me}
         return frozenset(h for h in holders if self.holder_alive(h))
@@ -100,7 +115,7 @@ class Settler:
         while races < MAX_RACES:
             rows = self.ledger.find(rid)
             seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide(rows, seen, self.policy.on_conflict)
+            step = decide(rows, seen, self.policy.on_conflict, self.policy.done_action)
             if isinstance(step, Upload):
                 row = self.ledger.claim(rid, digest, rel, size, step.take, audio=audio)
                 if row is not None:
@@ -110,8 +125,9 @@ class Settler:
                 log.info("claim.busy", holder=step.row.holder, note="another vocwatch is uploading this recording")
                 if self._stopping.wait(BUSY_POLL_S):
                     return Unsettled("shutting down while another process held this recording")
-            elif isinstance(step, FinishMove):
-                return self.finish(claimed, step.row, log)
+            elif isinstance(step, FinishMove | FinishDelete):
+                # A crash fell between committing the decision and moving (or deleting) the files: finish that.
+                return self.finish(claimed, step.row, log.bind(job_id=step.row.job_id))
             elif isinstance(step, DropCopies):
                 return self._drop_copies(claimed, step.row, log)
             elif isinstance(step, Duplicate):
@@ -147,7 +163,15 @@ class Settler:
         row = self.ledger.claim(rid, digest, str(claimed.pair.audio), size, step.take)
         if row is None:
             return None
-        planned = self.folders.plan_destination(claimed, Stage.DONE)
+        if self._deleting():
+            # Ended first (as deleted: no destination), then removed, the sidecar first: a lone recording a
+            # crash leaves is known by that row and deleted too (core.journey.decide_lone), never sent again.
+            row = self.ledger.transition(row, State.DUPLICATE, event="deleted", duplicate_of=job, destination=None)
+            self.folders.remove(claimed)
+            log.info("upload.duplicate", job_id=job, destination=None, deleted=True, bytes=size, row=row.id)
+            self.recorder.finished(End.DUPLICATE)
+            return End.DUPLICATE
+        planned = self.folders.plan_destination(claimed, Stage.DONE, sub=self.done_folder())
         row = self.ledger.note(row, "duplicate", duplicate_of=job, destination=str(planned))
         self.finish(claimed, row, log)
         log.info("upload.duplicate", job_id=job, destination=row.destination, bytes=size)
@@ -167,8 +191,14 @@ class Settler:
         destination, then end the row: also what recovery does with a move a crash cut short."""
         assert row.destination is not None, row
         planned = Path(row.destination)
-        claimed = self.folders.with_sidecar_ahead(claimed, planned)
         stage = self.folders.stage_of(planned) or self.policy.done_stage
+        if row.state == State.ACCEPTED and stage == Stage.DONE and self._deleting():
+            # done_action = "delete": the sidecar first; a crash leaves the recording, which the row finds.
+            self.folders.remove(claimed)
+            self.ledger.transition(row, State.DONE, event="deleted", destination=None)
+            log.debug("files.deleted")
+            return End.DONE
+        claimed = self.folders.with_sidecar_ahead(claimed, planned)
         flat = planned.parent == self.folders.stages[stage] and claimed.pair.audio.parent != PurePosixPath(".")
         error = None
         if stage == Stage.FAILED and not os.path.lexists(planned.with_name(planned.stem + ".error.json")):
@@ -198,15 +228,20 @@ class Settler:
         rows = self.ledger.by_file(rel)
         relevant = [r for r in rows if r.state in (State.ACCEPTED, State.DONE, State.UPLOADED, State.DUPLICATE)]
         if not relevant and not any(r.state in (State.CLAIMED, State.UPLOADING) and r.destination for r in rows):
-            step: FinishMove | DropCopies | ReturnToInbox | Busy = ReturnToInbox()
+            step: LoneStep = ReturnToInbox()
         else:
             try:
                 digest = _sha256_of(claimed.audio)
             except OSError:
                 return None  # let the pair's own path say why it cannot be read
             seen = LoneSeen(rel, digest, self.me, self._alive(rows), self._linked(claimed, rows))
-            step = decide_lone(rows, seen)
-        if isinstance(step, FinishMove):
+            step = decide_lone(rows, seen, self.policy.done_action)
+        if isinstance(step, FinishDelete) and step.row.state != State.ACCEPTED:
+            # A duplicate recorded as deleted whose sidecar went before a crash: the recording goes too.
+            self.folders.remove(claimed)
+            log.info("recover.deleted", row=step.row.id, state=str(step.row.state))
+            return End.DONE
+        if isinstance(step, FinishMove | FinishDelete):
             log.info("recover.half_moved", job_id=step.row.job_id, destination=step.row.destination)
             return self.finish(claimed, step.row, log.bind(job_id=step.row.job_id))
         if isinstance(step, DropCopies):
