@@ -13,7 +13,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,13 +22,20 @@ from vocwatch.core.model import Pair
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
 from vocwatch.edges.effects import Effect, point
+from vocwatch.edges.moves import (
+    _forget_journal,
+    _fsync_dirs,
+    _move_no_clobber,
+    _read_journal,
+    _rename,
+    _taken,
+    _write_atomic,
+    _write_journal,
+    walk_files,
+)
+from vocwatch.edges.names import ERROR_TAIL, _error_name, _pair_names, _suffix_of, _with_suffix_n
 
-# A file name's limit in bytes on Linux filesystems: every name derived here (a ~1 suffix, NAME.error.json,
-# a temp name) must fit, or the pair could never leave work/.
-NAME_MAX = 255
-NAME_HASH = 8  # hex digits of the stem's hash in a shortened stem
-NAME_RESERVE = 32  # bytes a shortened stem leaves free: ~9999, .mp3.json or .error.json
-ERROR_TAIL = ".error.json"
+__all__ = ["Claimed", "Folders", "walk_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,234 +462,3 @@ class Folders:
                     moves[src] = dst
             _write_journal(mine / entry.name, moves)
         return entries
-
-
-def walk_files(top: Path) -> Iterator[tuple[str, list[str]]]:
-    """(folder, the names of its files) for ``top`` and every folder below it, as os.walk lists them but
-    without recursion (before Python 3.12 os.walk recurses once per level: a deep tree raised RecursionError).
-    Links to folders are not followed."""
-    stack = [os.fspath(top)]
-    while stack:
-        folder = stack.pop()
-        files: list[str] = []
-        try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    try:
-                        is_dir = entry.is_dir()
-                    except OSError:
-                        is_dir = False
-                    if not is_dir:
-                        files.append(entry.name)
-                    elif not entry.is_symlink():
-                        stack.append(entry.path)
-        except OSError:
-            continue
-        yield folder, files
-
-
-def _pair_names(target: Path, pair: Pair, n: int, with_error: bool = False) -> dict[str, Path]:
-    """The names of the pair's recording, sidecar and error file at ``target``, collision number ``n``.
-
-    All three share one stem, shortened for all when any of the names it must carry would not fit.
-    """
-    tail: str | None = None
-    if pair.sidecar is not None:
-        sidecar_name = pair.sidecar.name
-        stem = PurePosixPath(pair.audio.name).stem
-        tail = sidecar_name[len(stem) :] if sidecar_name.startswith(stem) else "." + sidecar_name
-    companions = [t for t in (tail, ERROR_TAIL if with_error else None) if t is not None]
-    audio = _with_suffix_n(target, n, *companions)
-    names = {"audio": audio, "error": _error_name(audio)}
-    if tail is not None:
-        names["sidecar"] = audio.with_name(PurePosixPath(audio.name).stem + tail)
-    return names
-
-
-def _error_name(audio: Path) -> Path:
-    """``call.wav`` -> ``call.error.json``, beside it in failed/."""
-    return audio.with_name(PurePosixPath(audio.name).stem + ERROR_TAIL)
-
-
-def _with_suffix_n(path: Path, n: int, *companions: str) -> Path:
-    """``call.wav`` -> ``call.wav`` (n=0), ``call~1.wav`` (n=1): the collision-safe names.
-
-    When the name, or its stem with any of ``companions`` (a sidecar's ``.json``, ``.error.json``), would
-    exceed NAME_MAX bytes, the stem is shortened: ``call...-1a2b3c4d~1.wav`` (see _short_stem).
-    """
-    mark = f"~{n}" if n else ""
-    stem, suffix = path.stem, path.suffix
-    longest = max(_nbytes(mark + tail) for tail in (suffix, *companions))
-    if _nbytes(stem) + longest > NAME_MAX:
-        return path.with_name(_short_stem(stem) + mark + suffix)
-    return path if n == 0 else path.with_name(stem + mark + suffix)
-
-
-def _short_stem(stem: str) -> str:
-    """``stem`` cut to NAME_MAX - NAME_RESERVE bytes (never inside a character) plus a hash of the whole stem:
-    deterministic, and distinct for stems that share the cut. It leaves NAME_RESERVE bytes for what follows."""
-    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:NAME_HASH]
-    room = NAME_MAX - NAME_RESERVE - NAME_HASH - 1
-    cut, used = [], 0
-    for char in stem:
-        size = _nbytes(char)
-        if used + size > room:
-            break
-        cut.append(char)
-        used += size
-    return "".join(cut) + "-" + digest
-
-
-def _nbytes(name: str) -> int:
-    """A name's length as the kernel counts it (NAME_MAX is bytes, not characters)."""
-    return len(os.fsencode(name))
-
-
-def _fitting_temp(path: Path, tag: str) -> Path:
-    """``.NAME.tag`` beside ``path``, or a hash of the name in its place when that would not fit."""
-    name = f".{path.name}.{tag}"
-    if _nbytes(name) > NAME_MAX:
-        name = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]}.{tag}"
-    return path.with_name(name)
-
-
-def _suffix_of(destination: Path, target: Path, pair: Pair, with_error: bool) -> int:
-    """The collision number ``n`` whose names put the recording at ``destination``."""
-    if destination.name == target.name:
-        return 0
-    guess = destination.stem.rsplit("~", 1)[-1]
-    candidates: list[int] = [int(guess)] if guess.isascii() and guess.isdigit() else []
-    for n in candidates + list(range(10_000)):
-        if _pair_names(target, pair, n, with_error)["audio"] == destination:
-            return n
-    raise FileExistsError(errno.EEXIST, "not a name planned for this pair; planning again", str(destination))
-
-
-def _read_journal(path: Path) -> dict[str, str] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_journal(path: Path, moves: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    point(Effect.WRITE, path)
-    with open(path, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        json.dump(moves, fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dirs({path.parent})
-
-
-def _forget_journal(path: Path) -> None:
-    if os.path.lexists(path):
-        point(Effect.UNLINK, path)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def _taken(src: Path, dst: Path) -> bool:
-    """Is ``dst`` another file than ``src``? The same file there is a move a crash cut short."""
-    try:
-        there = os.lstat(dst)
-    except FileNotFoundError:
-        return False
-    try:
-        return not os.path.samestat(os.lstat(src), there)
-    except FileNotFoundError:
-        return True
-
-
-def _rename(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        point(Effect.RENAME, dst)
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        _move_no_clobber(src, dst)
-
-
-def _move_no_clobber(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, never replacing an existing ``dst`` (FileExistsError instead).
-
-    A hard link then unlink is atomic and refuses to overwrite; across filesystems the copy is
-    fsynced before the source is deleted, so a crash or a full disk leaves at least one copy.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        point(Effect.LINK, dst)
-        os.link(src, dst, follow_symlinks=False)
-    except FileExistsError:
-        if os.path.lexists(src) and os.path.samestat(os.lstat(src), os.lstat(dst)):
-            point(Effect.UNLINK, src)
-            os.unlink(src)  # a crash fell between link and unlink last time
-            return
-        raise
-    except OSError as exc:
-        if exc.errno == errno.EXDEV:
-            _copy_then_unlink(src, dst)
-            return
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES):
-            raise
-        # A filesystem without hard links (some SMB/FAT mounts): check, then rename.
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from exc
-        point(Effect.RENAME, dst)
-        os.rename(src, dst)
-        return
-    point(Effect.UNLINK, src)
-    os.unlink(src)
-
-
-def _copy_then_unlink(src: Path, dst: Path) -> None:
-    tmp = _fitting_temp(dst, "vocwatch-copy")
-    point(Effect.WRITE, dst)
-    if src.is_symlink():
-        os.symlink(os.readlink(src), tmp)
-    else:
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    try:
-        os.link(tmp, dst, follow_symlinks=False)
-    finally:
-        os.unlink(tmp)
-    _fsync_dirs({dst.parent})
-    point(Effect.UNLINK, src)
-    os.unlink(src)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = _fitting_temp(path, "tmp")
-    try:
-        point(Effect.WRITE, path)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        point(Effect.RENAME, path)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # leave no half-written error file behind on a full disk
-        raise
-
-
-def _fsync_dirs(dirs: set[Path]) -> None:
-    """Make renames durable: a rename is on disk only once its directories are synced."""
-    for folder in dirs:
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            point(Effect.FSYNC, folder)
-            os.fsync(fd)
-        except OSError:
-            pass  # some network filesystems refuse fsync on a directory
-        finally:
-            os.close(fd)
