@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import audio_check, ledger_bench, report
+from bench import audio_check, fleet_cost, ledger_bench, report
 from bench.corpus import CLASSES, ensure_corpus
 from bench.proc import stop_all
 from bench.sink import Sink, start_python, start_sink
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"sink: {sink.kind} at {sink.base_url} ({sink.detail})")
     structure = audio_check.measure(work / "audio")
     say(audio_check.line(structure))
+    fleet = fleet_cost.measure()
+    say(fleet_cost.line(fleet))
     timed_sink: Sink | None = sink if sink.timestamps else None
     all_runs: list[dict[str, Any]] = []
     lat = back = start = book = None
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": report.ratios(by_class),
         "startup": start,
         "structure_check": structure,
+        "ledger_cost": fleet,
         "latency": lat,
         "backlog": back,
         "ledger": book,
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(report.render(results, by_class, found))
     print(audio_check.line(structure))
+    print(fleet_cost.line(fleet))
     print(f"\nwrote {args.out} in {results['duration_s']} s")
     return 0 if all(r.ok for rs in by_class.values() for r in rs.values()) else 1
 
