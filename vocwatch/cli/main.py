@@ -14,7 +14,7 @@ from vocwatch import __version__
 from vocwatch.cli.common import EX_CONFIG
 from vocwatch.edges.config import ConfigError
 from vocwatch.edges.ledger import LedgerError
-from vocwatch.edges.ledger_pg import PgLedgerError
+from vocwatch.edges.ledgers import PgLedgerError
 
 Handler = Callable[[argparse.Namespace], int]
 # command -> the module under vocwatch.cli whose ``main(args)`` runs it

@@ -32,6 +32,7 @@ from vocwatch.core.states import FINAL, FINAL_JOB, OPEN, Row, State, allowed
 from vocwatch.edges.effects import Effect, point
 from vocwatch.edges.ledger import AUDIO_COLUMNS, PRUNABLE, PRUNE_BATCH, StaleRowError
 from vocwatch.edges.ledger import COLUMNS as SQLITE_COLUMNS
+from vocwatch.edges.ledgers import LeaseLostError, LedgerUnavailableError, PgLedgerError
 
 __all__ = ["LeaseLostError", "LedgerUnavailableError", "PgLedger", "redact"]
 
@@ -122,18 +123,6 @@ _FATAL = ("28", "3D", "42")
 _RECONNECT_MAX_S = 2.0
 
 _LIVE = "taken_by IS NULL AND expires_at > now()"
-
-
-class LedgerUnavailableError(RuntimeError):
-    """The fleet ledger could not be reached and the caller stopped waiting (shutdown)."""
-
-
-class LeaseLostError(StaleRowError):
-    """This daemon's lease expired or was taken over: it may not claim or send until it holds one again."""
-
-
-class PgLedgerError(Exception):
-    """The fleet ledger refuses us for a reason no wait cures (credentials, database, permissions)."""
 
 
 def redact(url: str) -> str:

@@ -11,7 +11,20 @@ from typing import Any, Protocol
 from vocwatch.core.model import Clock
 from vocwatch.core.states import Row, State
 from vocwatch.edges.config import LedgerSettings
-from vocwatch.edges.ledger import Ledger
+from vocwatch.edges.ledger import Ledger, StaleRowError
+
+
+# The fleet ledger's errors live here, not in ledger_pg: a daemon on SQLite never imports psycopg (~100 ms).
+class LedgerUnavailableError(RuntimeError):
+    """The fleet ledger could not be reached and the caller stopped waiting (shutdown)."""
+
+
+class LeaseLostError(StaleRowError):
+    """This daemon's lease expired or was taken over: it may not claim or send until it holds one again."""
+
+
+class PgLedgerError(Exception):
+    """The fleet ledger refuses us for a reason no wait cures (credentials, database, permissions)."""
 
 
 class LedgerStore(Protocol):

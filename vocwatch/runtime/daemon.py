@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -20,7 +21,6 @@ from vocwatch.edges.client import CrescendoClient, build_http
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
 from vocwatch.edges.folders import Folders
-from vocwatch.edges.ledger_pg import PgLedger
 from vocwatch.edges.ledgers import HolderAlive, LedgerStore, open_ledger
 from vocwatch.edges.logs import SCRUB
 from vocwatch.edges.notify import Notifier, NullNotifier, watchdog_interval
@@ -39,6 +39,9 @@ from vocwatch.runtime.recovery import other_instances as p_others
 from vocwatch.runtime.recovery import recover
 from vocwatch.runtime.supervisor import CallbackService, LoopService, Service, Supervisor
 from vocwatch.runtime.window import UploadWindow
+
+if TYPE_CHECKING:
+    from vocwatch.edges.ledger_pg import PgLedger
 
 EX_TEMPFAIL = os.EX_TEMPFAIL  # try again later: the instance is busy
 # A planner or poller loop ticks at least every second; one silent for this long is stalled.
@@ -125,9 +128,10 @@ def build(
     ledger = open_ledger(settings.ledger, clock, holder=work.name, wait=True)
     lease: LeaseKeeper | None = None
     holder_alive: HolderAlive = folders.holder_alive
-    if isinstance(ledger, PgLedger):
-        lease = LeaseKeeper(ledger, folders, clock, takeover=instance is None)
-        holder_alive = ledger.lease_alive
+    fleet = fleet_ledger(ledger)
+    if fleet is not None:
+        lease = LeaseKeeper(fleet, folders, clock, takeover=instance is None)
+        holder_alive = fleet.lease_alive
 
     def key() -> Any:
         secret = resolve_api_key(settings)
@@ -266,7 +270,7 @@ class Daemon:
         p.stats.live("vocwatch_in_flight", "Uploads being worked on", lambda: p.pool.busy)
         p.stats.live("vocwatch_pending_files", "Files seen in the inbox, not yet claimed", lambda: self.planner.pending)
         p.stats.live("vocwatch_auth_paused", "1 while the API refuses the key", lambda: p.gate.state().auth_paused)
-        pg = p.ledger if isinstance(p.ledger, PgLedger) else None
+        pg = fleet_ledger(p.ledger)
         p.stats.identify(settings.instance, "sqlite" if pg is None else "postgresql")
         if pg is not None and p.lease is not None:
             lease = p.lease
@@ -416,8 +420,9 @@ class Daemon:
         grace = self.settings.upload.shutdown_grace_seconds
         self.notifier.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((grace + 10) * 1e6)}")
         self.log.info("daemon.stopping", in_flight=self.parts.pool.busy, grace_s=grace)
-        if isinstance(self.parts.ledger, PgLedger) and self.parts.ledger.problem is not None:
-            self.parts.ledger.interrupt()  # the database is down: waiting for it would outlast any grace
+        fleet = fleet_ledger(self.parts.ledger)
+        if fleet is not None and fleet.problem is not None:
+            fleet.interrupt()  # the database is down: waiting for it would outlast any grace
         alive = self.supervisor.stop(self.parts.clock.monotonic() + grace + SHUTDOWN_MARGIN_S)
         if alive:
             # Closing the ledger or the HTTP client under a live thread would fail its upload midway.
@@ -469,11 +474,20 @@ class Daemon:
         )
 
     def _ledger_problem(self) -> str | None:
-        ledger = self.parts.ledger
-        return ledger.problem if isinstance(ledger, PgLedger) else None
+        fleet = fleet_ledger(self.parts.ledger)
+        return fleet.problem if fleet is not None else None
 
 
 def _version() -> str:
     from vocwatch import __version__
 
     return __version__
+
+
+def fleet_ledger(ledger: object) -> PgLedger | None:
+    """The fleet (PostgreSQL) ledger, if that is this daemon's. Asked without importing psycopg: unless
+    ``ledger.url`` opened one, its module was never loaded and ``ledger`` cannot be one."""
+    module = sys.modules.get("vocwatch.edges.ledger_pg")
+    if module is None or not isinstance(ledger, module.PgLedger):
+        return None
+    return cast("PgLedger", ledger)

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from vocwatch.core.model import Clock
 from vocwatch.edges.folders import Folders
-from vocwatch.edges.ledger_pg import LedgerUnavailableError, PgLedger
+from vocwatch.edges.ledgers import LedgerUnavailableError
+
+if TYPE_CHECKING:
+    from vocwatch.edges.ledger_pg import PgLedger
 
 
 class LeaseKeeper:

@@ -21,7 +21,7 @@ from vocwatch.core.health import Worker, WorkerState
 from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Rejected, Unsettled
 from vocwatch.edges.folders import Claimed
 from vocwatch.edges.ledger import StaleRowError
-from vocwatch.edges.ledger_pg import LedgerUnavailableError
+from vocwatch.edges.ledgers import LedgerUnavailableError
 from vocwatch.runtime.errors import outcome_line
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared
