@@ -40,7 +40,6 @@ def _poller(world: World, source: ScriptedStatus) -> StatusPoller:
         initial_s=1.0,
         max_s=8.0,
         factor=2.0,
-        move_on_completion=True,
         unknown_after_s=UNKNOWN_AFTER_S,
         log=QUIET,
     )

@@ -173,7 +173,6 @@ class World:
             initial_s=1.0,
             max_s=10.0,
             factor=2.0,
-            move_on_completion=True,
             unknown_after_s=60.0,
             log=QUIET,
             holder_alive=self.process.holder_alive,

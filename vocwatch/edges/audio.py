@@ -62,9 +62,6 @@ class AudioFacts:
         }
 
 
-NO_FACTS = AudioFacts(None, None, None, None)
-
-
 def facts(fh: IO[bytes], name: str, verdict: Verdict | None) -> AudioFacts:
     """Duration, codec, sample rate and channels of the open recording ``fh`` (its offset is restored)."""
     kind = kind_of(name)

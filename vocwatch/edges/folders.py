@@ -157,13 +157,6 @@ class Folders:
                         os.unlink(path)
                         break
 
-    def sidecar_beside(self, audio_rel: PurePosixPath) -> PurePosixPath | None:
-        """The sidecar still in work/ next to ``audio_rel``, if any."""
-        for name in (PurePosixPath(audio_rel.name).stem + ".json", audio_rel.name + ".json"):
-            if os.path.lexists(self.work / audio_rel.parent / name):
-                return audio_rel.parent / name
-        return None
-
     def exists(self, claimed: Claimed) -> bool:
         return all(os.path.lexists(p) for p in claimed.paths())
 

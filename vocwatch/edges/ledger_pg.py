@@ -688,19 +688,6 @@ class PgLedger:
 
         self._run(write)
 
-    def leases(self) -> list[dict[str, Any]]:
-        """Every lease, for STATUS-like views and tests."""
-
-        def read(conn: psycopg.Connection[tuple[Any, ...]], retry: bool) -> list[dict[str, Any]]:
-            cur = conn.execute(
-                "SELECT holder, host, pid, expires_at > now() AS live, taken_by, "
-                "EXTRACT(EPOCH FROM expires_at - now())::float8 AS expires_in FROM leases ORDER BY holder"
-            )
-            names = [d.name for d in cur.description or ()]
-            return [dict(zip(names, v, strict=True)) for v in cur.fetchall()]
-
-        return self._run(read)
-
     # -- ledger migrate ---------------------------------------------------------------------
 
     def import_rows(self, rows: list[tuple[Row, list[tuple[float, str, str | None]]]], origin: str, host: str) -> int:

@@ -258,7 +258,6 @@ class Daemon:
             initial_s=st.poll_initial_seconds,
             max_s=st.poll_max_seconds,
             factor=st.poll_factor,
-            move_on_completion=settings.folders.done_after == "completed",
             unknown_after_s=st.unknown_job_seconds,
             in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,

@@ -39,7 +39,6 @@ class StatusPoller:
         initial_s: float,
         max_s: float,
         factor: float,
-        move_on_completion: bool,
         unknown_after_s: float = 3600.0,
         in_flight: Callable[[Row], bool] = lambda row: False,
         on_status: Callable[[str], None] = lambda status: None,
@@ -59,7 +58,6 @@ class StatusPoller:
         self._initial = initial_s
         self._max = max_s
         self._factor = factor
-        self._move = move_on_completion
         self._unknown_after = unknown_after_s
         self._in_flight = in_flight
         self._on_status = on_status
@@ -198,11 +196,7 @@ class StatusPoller:
         claimed = None
         if audio is not None and audio.is_relative_to(root) and os.path.lexists(audio):
             rel = PurePosixPath(audio.relative_to(root).as_posix())
-            sidecar = next(
-                (c for c in (audio.with_suffix(".json"), audio.with_name(audio.name + ".json")) if c.exists()), None
-            )
-            side_rel = PurePosixPath(sidecar.relative_to(root).as_posix()) if sidecar else None
-            claimed = Claimed(Pair(rel, side_rel), root, root)
+            claimed = self._folders.with_sidecar_ahead(Claimed(Pair(rel, None), root, root), audio)
         seen = RowSeen(in_work=False, destination=Stage.UPLOADED if claimed is not None else None, mine=True)
         step = decide_row(row, seen, self._done_action)
         if step == RowStep.KEEP:
