@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test test-fleet lint format bench clean
+.PHONY: demo test test-fleet alerts-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: $(STAMP)
 test-fleet: $(STAMP)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || echo "PostgreSQL is missing and could not be installed (not root?): the fleet tests skip"
 	$(BIN)/python -m pytest -q -m fleet
+
+# The alert rules: promtool check + its unit tests. promtool comes from Debian's prometheus package, unpacked
+# into .venv (apt-get download + dpkg-deb -x: no server started, no user made, no dependency pulled in).
+PROMTOOL ?= $(shell command -v promtool || echo $(VENV)/prometheus/usr/bin/promtool)
+alerts-test:
+	test -x $(PROMTOOL) || { mkdir -p $(VENV)/prometheus && cd $(VENV)/prometheus && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && dpkg-deb -x prometheus_*.deb . && rm prometheus_*.deb; }
+	$(PROMTOOL) check rules deploy/prometheus/vocwatch.rules.yml
+	cd deploy/prometheus && $(abspath $(PROMTOOL)) test rules vocwatch.rules.test.yml
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

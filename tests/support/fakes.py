@@ -168,7 +168,9 @@ NOT_FOUND = Rejected(404, "not_found", "no such job")
 
 
 class NullRecorder:
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None:
+    def finished(
+        self, state: str, *, reason: str = "", nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0
+    ) -> None:
         pass
 
     def retried(self, reason: str) -> None:

@@ -10,8 +10,11 @@ from collections.abc import Callable
 import prometheus_client as prom
 
 from vocwatch.core.model import End
+from vocwatch.core.reasons import Reason
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The ends a worker reports through finished(): vocwatch_uploads_total{outcome}.
+_OUTCOMES = (End.DONE, End.DUPLICATE, End.FAILED, End.RELEASED)
 
 
 class Stats:
@@ -37,16 +40,37 @@ class Stats:
             "vocwatch_audio_seconds", "Seconds of audio in recordings accepted by the API", registry=r
         )
         self._last = prom.Gauge("vocwatch_last_success_timestamp_seconds", "When an upload last succeeded", registry=r)
+        self._failures = prom.Counter(
+            "vocwatch_failures", "Recordings moved to failed/, by reason (NAME.error.json)", ["reason"], registry=r
+        )
+        # Every outcome and reason from the start at 0: increase() and rate() see the first one, and an
+        # alert or a dashboard query names a series that exists before anything has gone wrong.
+        for outcome in _OUTCOMES:
+            self._uploads.labels(outcome)
+        for reason in Reason:
+            self._failures.labels(reason)
+        # "No success for a while" counts from the later of this and the last success (never 0 at start).
+        started = prom.Gauge("vocwatch_start_time_seconds", "When this daemon started (Unix time)", registry=r)
+        started.set(time.time())
 
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None:
+    def finished(
+        self, state: str, *, reason: str = "", nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0
+    ) -> None:
+        """One claimed pair's journey ended; a failure names its ``reason`` (a core.reasons.Reason)."""
         with self._lock:
             self.outcomes[state] += 1
         self._uploads.labels(state).inc()
+        if state == End.FAILED:
+            self.failed(reason)
         if state == End.DONE:
             self._bytes.inc(nbytes)
             self._audio.inc(audio_s)
             self._duration.observe(seconds)
             self._last.set(time.time())
+
+    def failed(self, reason: str) -> None:
+        """A recording went to failed/ for ``reason``: also a job that failed after its upload was accepted."""
+        self._failures.labels(reason or Reason.UNREADABLE).inc()
 
     def body_bytes(self, at: float, nbytes: int) -> None:
         """The bandwidth limiter handed out ``nbytes`` of a recording's body."""

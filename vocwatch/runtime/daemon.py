@@ -29,6 +29,7 @@ from vocwatch.edges.stats import serve as serve_metrics
 from vocwatch.edges.throttle import Bandwidth
 from vocwatch.edges.watcher import Watcher
 from vocwatch.runtime.gate import Gate
+from vocwatch.runtime.gauges import expose_health
 from vocwatch.runtime.housekeeping import Housekeeping
 from vocwatch.runtime.lease import LeaseKeeper
 from vocwatch.runtime.pipeline import Pipeline, PipelineOptions
@@ -261,6 +262,7 @@ class Daemon:
             unknown_after_s=st.unknown_job_seconds,
             in_flight=lambda row: p.pool.holds(str(p.folders.work / row.file)),
             on_status=p.stats.job_status,
+            on_failed=p.stats.failed,
             done_action=DoneAction(settings.folders.done_action),
             done_layout=settings.folders.done_layout,
             holder_alive=p.holder_alive,
@@ -284,6 +286,7 @@ class Daemon:
             recursive=watch.recursive,
             poll_interval_s=watch.poll_interval_seconds,
         )
+        expose_health(p.stats, gate=p.gate, watcher=self.watcher, workers=settings.upload.workers)
         api = settings.api
         self.limits = Limits(
             loop_s=LOOP_STALL_S,

@@ -42,6 +42,7 @@ class StatusPoller:
         unknown_after_s: float = 3600.0,
         in_flight: Callable[[Row], bool] = lambda row: False,
         on_status: Callable[[str], None] = lambda status: None,
+        on_failed: Callable[[str], None] = lambda reason: None,  # a pair moved to failed/ by its job's end
         log: Any = None,
         done_action: DoneAction = DoneAction.MOVE,
         done_layout: str = "",
@@ -61,6 +62,7 @@ class StatusPoller:
         self._unknown_after = unknown_after_s
         self._in_flight = in_flight
         self._on_status = on_status
+        self._on_failed = on_failed
         self._log = log or structlog.get_logger("vocwatch.runtime.poller")
         self._stop = threading.Event()
         self.last_progress = clock.monotonic()
@@ -229,4 +231,5 @@ class StatusPoller:
             )
             fields["destination"] = str(self._folders.finish(claimed, Stage.FAILED, error=error))
         self._ledger.transition(row, State.FAILED, **fields)
+        self._on_failed(problem.code)
         log.warning("files.job_failed", reason=problem.code, destination=fields.get("destination"))

@@ -53,7 +53,9 @@ MAX_RACES = 8
 class Recorder(Protocol):
     """Counters for STATUS and metrics; every method must be cheap and thread-safe."""
 
-    def finished(self, state: str, *, nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0) -> None: ...
+    def finished(
+        self, state: str, *, reason: str = "", nbytes: int = 0, seconds: float = 0.0, audio_s: float = 0.0
+    ) -> None: ...
 
     def retried(self, reason: str) -> None: ...
 
@@ -215,7 +217,7 @@ class Settler:
             self.recorder.finished(End.DUPLICATE)
             return End.DUPLICATE
         if after == State.FAILED:
-            self.recorder.finished(End.FAILED)
+            self.recorder.finished(End.FAILED, reason=problem_of(row.last_error).code)
             return End.FAILED
         return End.DONE
 
@@ -304,7 +306,7 @@ class Settler:
         log.warning(
             "upload.failed", reason=problem.code, message=problem.message, destination=str(dest), bytes=size, ms=ms
         )
-        self.recorder.finished(End.FAILED)
+        self.recorder.finished(End.FAILED, reason=problem.code)
         return End.FAILED
 
 
