@@ -4,6 +4,7 @@ A real daemon with metrics.listen on a loopback port is driven through an accept
 a failed job and an invalid id; its /metrics is scraped and every PromQL query in
 deploy/prometheus/vocwatch.rules.yml and deploy/grafana/vocwatch.json is checked against it: each metric
 name is served, each label it names exists on it, and each label value it matches on is one it takes.
+promql-parser also type-checks each query (rate() of an instant vector is refused, as Prometheus would).
 The rules' behaviour itself is unit-tested by promtool (make alerts-test).
 """
 
