@@ -33,9 +33,8 @@ def test_attempts_counts_each_try_when_the_api_fails_twice_then_accepts(
     retries = [e for e in logged if e["event"] == "upload.retry"]
     assert len(retries) == 2
     exported = subprocess.run([*run, "ledger", "export", "--config", config], capture_output=True, text=True)
-    assert {json.loads(line)["recording_id"]: json.loads(line)["attempts"] for line in exported.stdout.splitlines()} == {
-        rid: row.attempts for rid, row in rows.items()
-    }
+    listed = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert {e["recording_id"]: e["attempts"] for e in listed} == {rid: row.attempts for rid, row in rows.items()}
 
 
 def test_one_recording_failed_twice_has_three_attempts(
