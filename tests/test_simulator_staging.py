@@ -237,3 +237,21 @@ def test_an_access_log_on_request_with_the_key_masked() -> None:
     ]
     assert lines[0]["path"] == "/health" and lines[2]["path"] == UPLOAD
     assert "bearer_token=%5Bredacted%5D" in lines[1]["path"] and key not in json.dumps(lines) + rest
+
+
+def test_a_method_the_contract_does_not_list_is_405_with_allow(sim: Simulator, api_key: str) -> None:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    for method, path, allow in [
+        ("GET", UPLOAD, "POST"),
+        ("PUT", UPLOAD, "POST"),
+        ("POST", "/health", "GET"),
+        ("DELETE", f"{UPLOAD}/job-1/status", "GET"),
+        ("QUERY", "/", "GET"),
+    ]:
+        reply = httpx.request(method, f"{sim.url}{path}", headers=auth, content=b"ignored body")
+        assert (reply.status_code, reply.headers.get("allow")) == (405, allow), (method, path)
+        assert reply.json()["code"] == "MethodNotAllowed"
+    head = httpx.head(f"{sim.url}/health")
+    assert head.status_code == 405 and head.content == b""
+    assert httpx.request("PATCH", f"{sim.url}/nowhere").status_code == 404
+    assert httpx.get(f"{sim.url}/health").json() == {"status": "ok"}  # the connection pool survived all that

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     sim = Simulator(state, args.host, args.port)
     # A stand-in's key is a test key, not a secret: whoever points a vocwatch at it needs to know which it is.
     listening = {"event": "simulate.listening", "url": sim.url, "tenant": args.tenant}
-    print(json.dumps({**listening, "api_key": key, "api_key_from": source}), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # ^C as soon as it says it listens is a clean stop too
+        print(json.dumps({**listening, "api_key": key, "api_key_from": source}), flush=True)
         sim.serve_forever()
     return 0

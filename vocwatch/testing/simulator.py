@@ -26,7 +26,8 @@ from vocwatch.testing.form import Received, TruncatedError, discard, read_form, 
 __all__ = ["Faults", "Received", "SimState", "Simulator"]
 
 MAX_BYTES = 25 * 1024 * 1024
-UPLOAD_PATH = "/api/v1/voc/tenants/{tenant}/recording"
+TENANTS = "/api/v1/voc/tenants/"
+UPLOAD_PATH = TENANTS + "{tenant}/recording"
 
 
 @dataclass
@@ -115,10 +116,48 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing -------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        self._safely(self._get)
+        self._safely(self._dispatch)
 
     def do_POST(self) -> None:
-        self._safely(self._post)
+        self._safely(self._dispatch)
+
+    def __getattr__(self, name: str) -> Any:
+        # The stdlib looks up do_<METHOD> for whatever method a client sends (PUT, TRACE, QUERY, ...).
+        if name.startswith("do_"):
+            return self.do_GET
+        raise AttributeError(name)
+
+    def _dispatch(self) -> None:
+        """A path the contract lists answers any other method 405 with an Allow header, as HTTP says."""
+        allow = self._allowed()
+        if allow is not None and self.command != allow:
+            length = self._length()
+            if length is None:
+                self.close_connection = True
+            else:
+                discard(self.rfile, length)
+            return self._error(
+                405, "MethodNotAllowed", f"{self.command} is not allowed here; use {allow}", {"Allow": allow}
+            )
+        if self.command == "POST":
+            return self._post()
+        if self.command == "GET":
+            return self._get()
+        self.close_connection = True  # an unknown path, with a method whose body we do not read
+        return self._error(404, "NotFound", "Resource not found")
+
+    def _allowed(self) -> str | None:
+        """The one method the contract lists for this path; None for a path it does not know."""
+        path = self.route
+        if path in ("/", "/health", "/_sim/received"):
+            return "GET"
+        if path.startswith(TENANTS):
+            rest = path[len(TENANTS) :].split("/")
+            if len(rest) == 2 and rest[1] == "recording":
+                return "POST"
+            if len(rest) == 4 and rest[1] == "recording" and rest[3] == "status":
+                return "GET"
+        return None
 
     def _safely(self, handle: Callable[[], None]) -> None:
         """A bug answers the contract's 500 body (and logs its traceback); a client gone is left to the caller."""
@@ -273,8 +312,8 @@ class _Handler(BaseHTTPRequestHandler):
                     job["status"], job["result"] = "completed", {"summary": "simulated"}
             return {k: v for k, v in job.items() if not k.startswith("_")}
 
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._json(status, {"code": code, "message": message})
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"code": code, "message": message}, headers)
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -284,7 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a reply to HEAD has the headers of one to GET, and no body
+            self.wfile.write(data)
 
 
 def _phrase(status: int) -> str:
