@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test test-fleet lint format bench clean
+.PHONY: demo test test-fleet contract-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,20 @@ test-fleet: $(STAMP)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || echo "PostgreSQL is missing and could not be installed (not root?): the fleet tests skip"
 	$(BIN)/python -m pytest -q -m fleet
 
+# Schemathesis against a running `vocwatch simulate` with Crescendo's contract (tests/contract/). Its own venv:
+# Schemathesis brings a pytest plugin that `make test` must not load. About a minute (--max-time bounds it).
+CONTRACT_VENV := .venv-contract
+CONTRACT ?= ../shared/crescendo-voc-api.yml
+
+$(CONTRACT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CONTRACT_VENV)
+	$(CONTRACT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONTRACT_VENV)/bin/python -m pip install --quiet -e '.[contract]'
+	touch $@
+
+contract-test: $(CONTRACT_VENV)/.installed
+	$(CONTRACT_VENV)/bin/python tests/contract/run_contract.py --schema $(CONTRACT)
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
@@ -41,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CONTRACT_VENV) .pytest_cache .mypy_cache .ruff_cache

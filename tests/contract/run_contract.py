@@ -49,7 +49,8 @@ def main() -> int:
     try:
         assert sim.stdout is not None
         url = json.loads(sim.stdout.readline())["url"]
-        config = Path(tempfile.mkdtemp(prefix="contract-")) / "schemathesis.toml"
+        scratch = tempfile.TemporaryDirectory(prefix="contract-")
+        config = Path(scratch.name) / "schemathesis.toml"
         config.write_text((HERE / "schemathesis.toml").read_text() + _status_of(_a_job(url, key)))
         st = Path(sys.executable).with_name("st")
         command = [
@@ -71,7 +72,8 @@ def main() -> int:
             "--workers",
             "2",
         ]
-        return subprocess.call(command)
+        with scratch:
+            return subprocess.call(command)
     finally:
         sim.send_signal(signal.SIGINT)
         try:
