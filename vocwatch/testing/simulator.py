@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -61,8 +62,9 @@ class SimState:
     by_key: dict[str, str] = field(default_factory=dict)
     requests: int = 0
     failed_first: int = 0
-    # Every request's target as sent (bearer_token values masked), for tests of what a client sends.
-    seen: list[str] = field(default_factory=list)
+    # The latest requests' targets as sent (bearer_token values masked), for tests of what a client sends;
+    # bounded, so a staging server running for weeks does not grow with it.
+    seen: deque[str] = field(default_factory=lambda: deque(maxlen=100_000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
