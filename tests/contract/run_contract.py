@@ -58,7 +58,7 @@ def main() -> int:
             "--config-file",
             str(config),
             "run",
-            str(args.schema),
+            str(args.schema.resolve()),
             "--url",
             url,
             "--header",
@@ -72,8 +72,8 @@ def main() -> int:
             "--workers",
             "2",
         ]
-        with scratch:
-            return subprocess.call(command)
+        with scratch:  # its working folder too: Schemathesis keeps a cache (.schemathesis/) where it runs
+            return subprocess.call(command, cwd=scratch.name)
     finally:
         sim.send_signal(signal.SIGINT)
         try:
