@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test test-fleet alerts-test lint format bench clean
+.PHONY: demo test test-fleet alerts-test contract-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ alerts-test:
 	test -x $(PROMTOOL) || { mkdir -p $(VENV)/prometheus && cd $(VENV)/prometheus && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && dpkg-deb -x prometheus_*.deb . && rm prometheus_*.deb; }
 	$(PROMTOOL) check rules deploy/prometheus/vocwatch.rules.yml
 	cd deploy/prometheus && $(abspath $(PROMTOOL)) test rules vocwatch.rules.test.yml
+# Schemathesis against a running `vocwatch simulate` with Crescendo's contract (tests/contract/). Its own venv:
+# Schemathesis brings a pytest plugin that `make test` must not load. About a minute (--max-time bounds it).
+CONTRACT_VENV := .venv-contract
+CONTRACT ?= ../shared/crescendo-voc-api.yml
+
+$(CONTRACT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CONTRACT_VENV)
+	$(CONTRACT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONTRACT_VENV)/bin/python -m pip install --quiet -e '.[contract]'
+	touch $@
+
+contract-test: $(CONTRACT_VENV)/.installed
+	$(CONTRACT_VENV)/bin/python tests/contract/run_contract.py --schema $(CONTRACT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
@@ -49,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CONTRACT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -117,7 +117,8 @@ def test_status_command_prints_one_job_from_the_api(
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert body["id"] == row.job_id and body["recordingId"] == "status-1"
-    assert _cli("status", "--config", str(tmp_path / "config.toml"), "job-nope").returncode == 69
+    # EX_NOINPUT (66): the job id it was given names nothing
+    assert _cli("status", "--config", str(tmp_path / "config.toml"), "job-nope").returncode == 66
 
 
 def test_every_recording_outcome_is_one_log_line_with_duration_and_bytes(

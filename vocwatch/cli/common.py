@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 from vocwatch.edges.config import Settings, load_settings
@@ -40,3 +42,19 @@ def load_testing(module: str, command: str) -> ModuleType | None:
             file=sys.stderr,
         )
         return None
+
+
+def quiet_broken_pipe(run: Callable[[], int]) -> int:
+    """``run()``, but a reader of stdout that went away (``vocwatch ledger list | head``) ends it quietly
+    with 141 (128 + SIGPIPE, what a shell reports for a Unix tool its pipe ended), not with a traceback."""
+    try:
+        try:
+            return run()
+        finally:
+            sys.stdout.flush()  # here, not in the interpreter's exit, where a closed pipe prints a warning
+    except BrokenPipeError:
+        # Python's own advice (the signal module's note on SIGPIPE): point stdout at /dev/null so that the
+        # interpreter's last flush is quiet too. SIGPIPE stays ignored: the daemon's sockets rely on EPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

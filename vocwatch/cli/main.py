@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vocwatch import __version__
-from vocwatch.cli.common import EX_CONFIG
+from vocwatch.cli.common import EX_CONFIG, quiet_broken_pipe
+from vocwatch.core.states import State
 from vocwatch.edges.config import ConfigError
 from vocwatch.edges.ledger import LedgerError
 from vocwatch.edges.ledgers import PgLedgerError
@@ -27,6 +28,9 @@ COMMANDS = {
     "check": "check",
     "status": "status",
 }
+CONFIG_HELP = "TOML config file (default: $VOCWATCH_CONFIG)"
+VERSION_HELP = "print vocwatch's version and exit"
+STATES = ", ".join(State)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,30 +38,45 @@ def _parser() -> argparse.ArgumentParser:
         prog="vocwatch",
         description="Deliver call recordings from a watched folder to Crescendo's Voice-of-Customer API.",
     )
-    parser.add_argument("--version", action="version", version=f"vocwatch {__version__}")
+    parser.add_argument("--version", action="version", version=f"vocwatch {__version__}", help=VERSION_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--version", action="version", version=f"vocwatch {__version__}")
+        p.add_argument("--version", action="version", version=f"vocwatch {__version__}", help=VERSION_HELP)
         if config:
-            p.add_argument("--config", type=Path, metavar="PATH", help="TOML config file (default: $VOCWATCH_CONFIG)")
+            p.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
         return p
 
     command("run", "Run the daemon in the foreground until SIGTERM or SIGINT.")
-    up = command("upload", "Upload the given recordings or folders once (a backfill), then exit.")
-    up.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    up = command(
+        "upload",
+        "Upload the given recordings or folders once (a backfill), then exit. Each pair sent moves into done/ "
+        "(or failed/ with its reason), as the daemon moves what it takes from the inbox; --keep-sources leaves "
+        "the sources where they are.",
+    )
+    up.add_argument(
+        "paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="recordings (with their sidecars) or folders"
+    )
     up.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    up.add_argument(
+        "--keep-sources",
+        action="store_true",
+        help="leave the given files where they are: done/ and failed/ get a hard link of each (a copy when "
+        "it lies on another file system)",
+    )
 
     ledger = command("ledger", "Query the ledger of uploads.", config=False)
     lsub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     export = lsub.add_parser("export", help="Print every ledger row as JSON lines or CSV.")
-    export.add_argument("--config", type=Path, metavar="PATH")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     export.add_argument("--host", metavar="INSTANCE", help="only rows of this host (instance), in a fleet ledger")
     lst = lsub.add_parser("list", help="List ledger rows: a table on a terminal, JSON lines otherwise.")
-    lst.add_argument("--config", type=Path, metavar="PATH")
-    lst.add_argument("--state", help="only rows in this state (claimed, uploading, accepted, done, failed, ...)")
+    lst.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
+    lst.add_argument(
+        "--state", choices=[str(s) for s in State], metavar="STATE", help=f"only rows in this state: {STATES}"
+    )
     lst.add_argument("--since", metavar="DURATION", help="only rows changed within DURATION (e.g. 90s, 15m, 2h, 7d)")
     lst.add_argument("--recording", metavar="ID", help="only this recording id")
     lst.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
@@ -65,24 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     rep = lsub.add_parser(
         "report", help="Recordings, minutes of audio, bytes and failures by reason: a table on a terminal, JSON lines."
     )
-    rep.add_argument("--config", type=Path, metavar="PATH")
+    rep.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
     rep.add_argument("--since", metavar="DURATION", default="30d", help="rows created within DURATION (default 30d)")
     rep.add_argument("--by", choices=("day", "host", "state"), help="one line per day (UTC), host or state")
     rep.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     show = lsub.add_parser("show", help="Show one recording (by recording id or job id) with its history.")
-    show.add_argument("--config", type=Path, metavar="PATH")
-    show.add_argument("ident", metavar="ID")
+    show.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
+    show.add_argument("ident", metavar="ID", help="a recording id (metadata.id) or a job id")
     show.add_argument("--host", metavar="INSTANCE", help="only rows of this host (instance), in a fleet ledger")
     migrate = lsub.add_parser(
         "migrate", help="Copy this host's SQLite ledger into the fleet ledger (PostgreSQL); safe to run twice."
     )
-    migrate.add_argument("--config", type=Path, metavar="PATH")
+    migrate.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
     migrate.add_argument("--to", required=True, metavar="URL", help="the fleet ledger, postgresql://USER@HOST/DB")
 
     sim = command("simulate", "Serve a Crescendo-compatible VOC API on loopback (for demos and tests).", config=False)
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--tenant", default="tenant-alpha")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    sim.add_argument("--tenant", default="tenant-alpha", help="the one tenant id it serves (default tenant-alpha)")
     sim.add_argument(
         "--api-key-file",
         type=Path,
@@ -96,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds before a job moves from started to completed",
     )
     sim.add_argument("--error-rate", type=float, default=0.0, help="share of uploads answered with --error-status")
-    sim.add_argument("--error-status", type=int, default=503)
+    sim.add_argument("--error-status", type=int, default=503, help="HTTP status of injected errors (default 503)")
+    sim.add_argument(
+        "--fail-first", type=int, default=0, metavar="N", help="answer the first N uploads with --error-status"
+    )
     sim.add_argument("--retry-after", help="Retry-After header sent with injected errors (seconds or HTTP date)")
     sim.add_argument("--drop-rate", type=float, default=0.0, help="share of uploads whose connection is dropped")
     sim.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay before each upload reply")
@@ -110,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--job-fail-rate", type=float, default=0.0, help="share of jobs that end 'failed'")
     sim.add_argument("--sink", action="store_true", help="accept every upload without parsing it (benchmarks)")
     sim.add_argument("--seed", type=int, help="random seed for the injected faults")
+    sim.add_argument(
+        "--access-log", action="store_true", help="log one JSON line per request on stderr (method, path, status)"
+    )
 
     demo = command("demo", "Show the whole job offline: simulator, inbox, daemon, summary.", config=False)
     demo.add_argument("--dir", type=Path, help="where to put the demo's folders (default: a new temp folder)")
@@ -119,11 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--reasons", action="store_true", help="explain every reason a recording lands in failed/")
 
     status = command("status", "Print one job's status from the API.")
-    status.add_argument("job_id", metavar="JOB_ID")
+    status.add_argument("job_id", metavar="JOB_ID", help="a job id, as the upload's 202 and the ledger give it")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A reader that goes away (``| head``) ends it quietly (141)."""
+    return quiet_broken_pipe(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     # One module per command, imported only when it runs: `vocwatch run` loads no simulator.
     command = importlib.import_module(f"vocwatch.cli.{COMMANDS[args.command]}")

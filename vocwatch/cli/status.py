@@ -8,16 +8,33 @@ import json
 import sys
 
 from vocwatch.cli.check import client_for
-from vocwatch.cli.common import EX_UNAVAILABLE, settings_from
+from vocwatch.cli.common import EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE, settings_from
+from vocwatch.core.model import AuthProblem, Rejected
 from vocwatch.edges.client import JobStatus
 
 
 def main(args: argparse.Namespace) -> int:
+    """Print the job's status as JSON (0). An unknown job is EX_NOINPUT (66): the input the command was given
+    names nothing, as with a missing file; a refused key EX_NOPERM (77); an unreachable API EX_UNAVAILABLE."""
     settings = settings_from(args)
     with contextlib.closing(client_for(settings)) as client:
         outcome = client.job_status(args.job_id)
     if isinstance(outcome, JobStatus):
         print(json.dumps(dict(outcome.raw), indent=2))
         return 0
+    if isinstance(outcome, Rejected) and outcome.status == 404:
+        print(
+            f"vocwatch: job {args.job_id} not found at {settings.api.base_url} for tenant {settings.api.tenant_id} "
+            f"(HTTP 404 {outcome.code}: {outcome.message}); check the id with 'vocwatch ledger show {args.job_id}'",
+            file=sys.stderr,
+        )
+        return EX_NOINPUT
+    if isinstance(outcome, AuthProblem):
+        print(
+            f"vocwatch: job {args.job_id}: the API refused the key (HTTP {outcome.status} {outcome.message}); "
+            "check the API key, api.tenant_id and api.base_url",
+            file=sys.stderr,
+        )
+        return EX_NOPERM
     print(f"vocwatch: job {args.job_id}: {outcome}", file=sys.stderr)
     return EX_UNAVAILABLE

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+from tqdm.contrib import DummyTqdmFile
 
 from vocwatch.cli.common import EX_NOPERM, EX_TEMPFAIL, settings_from
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import Entry, Expired, Rules, is_ignored, plan
 from vocwatch.edges.config import Settings
 from vocwatch.edges.folders import walk_files
+from vocwatch.edges.logs import configure
 from vocwatch.runtime.backfill import Backfill, Summary
 from vocwatch.runtime.daemon import build, check_layout, require_key
 
 
 def main(args: argparse.Namespace) -> int:
-    """The daemon's pipeline once over the given files and folders; 0 only if all succeeded.
+    """The daemon's pipeline once over the given files and folders; 0 only if all succeeded. Each pair moves
+    to done/ (or failed/); with --keep-sources the sources stay and those folders get a link or a copy.
 
     SIGINT or SIGTERM drains it like the daemon and exits 128 + the signal (130, 143); a second one stops at once.
     """
@@ -41,6 +46,9 @@ def main(args: argparse.Namespace) -> int:
     for path in missing:
         print(f"vocwatch: {path}: no such file or folder", file=sys.stderr)
     batches = list(_batches(args.paths, settings))
+    staging = parts.folders.work.with_name(f".{parts.folders.work.name}.sources")
+    if args.keep_sources:
+        batches = [_stage(batch, staging / str(i)) for i, batch in enumerate(batches)]
     # tqdm's own disable: no bar off a terminal (journald, cron) or with --no-progress.
     bar = tqdm(
         total=sum(len(ready) + len(expired) for _, ready, expired in batches),
@@ -49,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
         disable=not sys.stderr.isatty() or args.no_progress,
     )
+    if not bar.disable:  # log lines go above the bar, never into it (tqdm clears it, writes, redraws)
+        configure(settings.log.level, settings.log.format, redact=settings.log.redact, stream=DummyTqdmFile(sys.stderr))
     backfill = Backfill(
         parts, require_sidecar=settings.watch.require_sidecar, on_progress=lambda n: bar.update(n - bar.n)
     )
@@ -65,6 +75,9 @@ def main(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     bar.total = summary.total
     bar.close()
+    configure(settings.log.level, settings.log.format, redact=settings.log.redact)
+    if args.keep_sources and not summary.left_in_work:
+        shutil.rmtree(staging, ignore_errors=True)  # what is left there (put back, never sent) is in the sources
     return _report(summary, missing)
 
 
@@ -113,6 +126,26 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
             entries.append(Entry(rel, st.st_size, st.st_mtime_ns, first_seen=0.0, stable_since=0.0))
         decided = plan(entries, now=1.0, rules=rules)
         yield origin, decided.ready, decided.expired
+
+
+def _stage(batch: tuple[Path, list[Pair], list[Expired]], folder: Path) -> tuple[Path, list[Pair], list[Expired]]:
+    """The batch with ``folder`` as its origin, holding a hard link of each of its files (a copy where the
+    kernel refuses the link: another file system, fs.protected_hardlinks): what the run moves are these."""
+    origin, ready, expired = batch
+    rels = [p for pair in ready for p in (pair.audio, pair.sidecar) if p is not None]
+    rels += [p for gone in expired for p in gone.files]
+    for rel in rels:
+        src, dst = origin / rel, folder / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(dst):
+            os.unlink(dst)  # a stale stage of an earlier run that ended before tidying
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+                raise
+            shutil.copy2(src, dst, follow_symlinks=False)
+    return folder, ready, expired
 
 
 def _sidecars_of(path: Path) -> list[Path]:

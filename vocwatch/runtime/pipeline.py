@@ -308,7 +308,7 @@ class Pipeline:
         prep.fh.close()
         self.finish_accepted(prep.claimed, prep.row, log)
         size = prep.signature[0]
-        log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts + 1)
+        log.info("upload.accepted", bytes=size, ms=round(seconds * 1000), attempts=prep.row.attempts)
         self.recorder.finished(End.DONE, nbytes=size, seconds=seconds, audio_s=prep.audio_s or 0.0)
 
     def finish_accepted(self, claimed: Claimed, row: Row, log: Log | None = None) -> None:

@@ -1,27 +1,34 @@
-"""A Crescendo-compatible VOC API on loopback, with injectable faults, for the demo and the tests.
+"""A Crescendo-compatible VOC API on loopback, with injectable faults, for the demo, the tests and staging.
 
-It validates uploads as the contract says (bearer key, tenant, metadata with a valid ``id``, mp3
-or wav, 25 MB), answers 202 with a job id, and moves each job from ``started`` to ``completed``.
+It validates uploads as the contract says (bearer key in the header or the ``bearer_token`` query parameter,
+tenant, metadata with a valid ``id``, mp3 or wav, 25 MB), answers 202 with a job id, and moves each job from
+``started`` to ``completed``. Its own log lines (a client gone mid-request, the access log) are JSON on stderr.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
+import secrets
+import sys
 import threading
 import time
+import traceback
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from python_multipart import MultipartParser
-from python_multipart.multipart import parse_options_header
+from vocwatch.testing.form import Received, TruncatedError, discard, read_form, validate
 
-from vocwatch.edges.validate import check_recording_id
+__all__ = ["Faults", "Received", "SimState", "Simulator"]
 
 MAX_BYTES = 25 * 1024 * 1024
-UPLOAD_PATH = "/api/v1/voc/tenants/{tenant}/recording"
+TENANTS = "/api/v1/voc/tenants/"
+UPLOAD_PATH = TENANTS + "{tenant}/recording"
 
 
 @dataclass
@@ -35,19 +42,7 @@ class Faults:
     latency_s: float = 0.0
     unauthorized_until: float = 0.0  # monotonic time; 401 for every request before it
     job_fail_rate: float = 0.0
-
-
-@dataclass
-class Received:
-    """One upload the simulator accepted: what it saw, for tests to compare."""
-
-    job_id: str
-    metadata: dict[str, Any]
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
-    idempotency_key: str | None
+    fail_first: int = 0  # the first N authorized uploads get error_status (a retry then succeeds)
 
 
 @dataclass
@@ -60,179 +55,223 @@ class SimState:
     honour_idempotency: bool = True
     seed: int | None = None
     max_bytes: int = MAX_BYTES
+    access_log: bool = False  # one JSON line per request on ``log``
+    log: TextIO | None = None  # None: sys.stderr at the time of writing
     received: list[Received] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+    failed_first: int = 0
+    # The latest requests' targets as sent (bearer_token values masked), for tests of what a client sends;
+    # bounded, so a staging server running for weeks does not grow with it.
+    seen: deque[str] = field(default_factory=lambda: deque(maxlen=100_000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        # Job ids are unique across restarts: this run's start time and a random part, then a counter.
+        self.run_id = f"{int(time.time()):x}{secrets.token_hex(2)}"
 
     def unauthorized_for(self, seconds: float) -> None:
         self.faults.unauthorized_until = time.monotonic() + seconds
 
-
-class _Part:
-    def __init__(self) -> None:
-        self.headers: dict[str, bytes] = {}
-        self.name = ""
-        self.filename = ""
-        self.content_type = ""
-        self.size = 0
-        self.hasher = hashlib.sha256()
-        self.text = bytearray()
+    def emit(self, event: str, **fields: Any) -> None:
+        """One JSON log line of the simulator's own."""
+        out = self.log or sys.stderr
+        out.write(json.dumps({"event": event, **fields}) + "\n")
+        out.flush()
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # the reply is two writes (headers, body): no 40 ms delayed-ACK stall
     server: _Server
+    route = ""  # the request's path without its query
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        return None  # quiet: the tests and the demo read vocwatch's logs, not ours
+        return None  # the stdlib's lines are not ours: the access log (log_request) is, on request
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        state = self.server.state
+        if state.access_log:
+            state.emit(
+                "simulate.request",
+                client=self.client_address[0],
+                method=self.command,
+                path=_masked(self.path),
+                status=int(code) if isinstance(code, int) else code,
+            )
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except TruncatedError as exc:
+            self.close_connection = True  # nobody is left to answer
+            self.server.state.emit(
+                "simulate.client_dropped",
+                client=self.client_address[0],
+                method=self.command,
+                path=_masked(self.path),
+                error=str(exc),
+            )
 
     # -- routing -------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        self._safely(self._dispatch)
+
+    def do_POST(self) -> None:
+        self._safely(self._dispatch)
+
+    def __getattr__(self, name: str) -> Any:
+        # The stdlib looks up do_<METHOD> for whatever method a client sends (PUT, TRACE, QUERY, ...).
+        if name.startswith("do_"):
+            return self.do_GET
+        raise AttributeError(name)
+
+    def _dispatch(self) -> None:
+        """A path the contract lists answers any other method 405 with an Allow header, as HTTP says."""
+        allow = self._allowed()
+        if allow is not None and self.command != allow:
+            length = self._length()
+            if length is None:
+                self.close_connection = True
+            else:
+                discard(self.rfile, length)
+            return self._error(
+                405, "MethodNotAllowed", f"{self.command} is not allowed here; use {allow}", {"Allow": allow}
+            )
+        if self.command == "POST":
+            return self._post()
+        if self.command == "GET":
+            return self._get()
+        self.close_connection = True  # an unknown path, with a method whose body we do not read
+        return self._error(404, "NotFound", "Resource not found")
+
+    def _allowed(self) -> str | None:
+        """The one method the contract lists for this path; None for a path it does not know."""
+        path = self.route
+        if path in ("/", "/health", "/_sim/received"):
+            return "GET"
+        if path.startswith(TENANTS):
+            rest = path[len(TENANTS) :].split("/")
+            if len(rest) == 2 and rest[1] == "recording":
+                return "POST"
+            if len(rest) == 4 and rest[1] == "recording" and rest[3] == "status":
+                return "GET"
+        return None
+
+    def _safely(self, handle: Callable[[], None]) -> None:
+        """A bug answers the contract's 500 body (and logs its traceback); a client gone is left to the caller."""
         state = self.server.state
-        if self.path == "/":
+        self.route = urlsplit(self.path).path
+        with state.lock:
+            state.seen.append(_masked(self.path))
+        try:
+            handle()
+        except (TruncatedError, ConnectionError, TimeoutError):
+            raise
+        except Exception as exc:
+            state.emit("simulate.error", path=_masked(self.path), error=repr(exc), traceback=traceback.format_exc())
+            self.close_connection = True
+            self._json(500, {"message": "Internal Server Error"})
+
+    def _get(self) -> None:
+        state = self.server.state
+        path = self.route
+        if path == "/":
             return self._json(200, {"name": "platform-api-service", "version": "1.6.0"})
-        if self.path == "/health":
+        if path == "/health":
             return self._json(200, {"status": "ok"})
-        if self.path == "/_sim/received":
+        if path == "/_sim/received":
             with state.lock:
                 items = [r.__dict__ for r in state.received]
             return self._json(200, {"received": items, "requests": state.requests})
         prefix = UPLOAD_PATH.format(tenant=state.tenant) + "/"
-        if self.path.startswith("/api/v1/voc/tenants/"):
+        if path.startswith("/api/v1/voc/tenants/"):
             if not self._authorized():
                 return None
-            if not self.path.startswith(prefix) or not self.path.endswith("/status"):
+            if not path.startswith(prefix) or not path.endswith("/status"):
                 return self._error(404, "NotFound", "Resource not found")
-            job_id = self.path[len(prefix) : -len("/status")]
+            job_id = path[len(prefix) : -len("/status")]
             job = self._job(job_id)
             if job is None:
                 return self._error(404, "NotFound", f"job {job_id} not found")
             return self._json(200, job)
         return self._error(404, "NotFound", "Resource not found")
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         state = self.server.state
         with state.lock:
             state.requests += 1
             roll_drop, roll_error = state.rng.random(), state.rng.random()
-        length = int(self.headers.get("Content-Length") or 0)
-        if self.path != UPLOAD_PATH.format(tenant=state.tenant):
-            self._discard(length)
-            if self.path.startswith("/api/v1/voc/tenants/") and self._authorized():
+        length = self._length()
+        if length is None:
+            self.close_connection = True  # the body's end is unknown: the connection cannot be reused
+            return self._error(400, "BadRequest", "Content-Length must be a number of bytes")
+        if self.route != UPLOAD_PATH.format(tenant=state.tenant):
+            discard(self.rfile, length)
+            if self.route.startswith("/api/v1/voc/tenants/") and self._authorized():
                 return self._error(404, "NotFound", "tenant not found")
             return None if self.close_connection else self._error(404, "NotFound", "Resource not found")
         if state.faults.latency_s:
             time.sleep(state.faults.latency_s)
         if roll_drop < state.faults.drop_rate:
-            self._discard(min(length, 4096))
+            discard(self.rfile, min(length, 4096))
             self.close_connection = True
             self.connection.close()  # mid-request, no reply: the client sees a broken connection
             return None
         if state.sink:
-            self._discard(length)
+            discard(self.rfile, length)
             return self._accept(Received("", {}, "", "", length, "", None))
         if not self._authorized(length):
             return None
-        if roll_error < state.faults.error_rate:
-            self._discard(length)
+        with state.lock:
+            fail_first = state.failed_first < state.faults.fail_first
+            state.failed_first += fail_first
+        if fail_first or roll_error < state.faults.error_rate:
+            discard(self.rfile, length)
             headers = {"Retry-After": state.faults.retry_after} if state.faults.retry_after else {}
-            return self._json(state.faults.error_status, {"message": "Service Unavailable"}, headers)
-        parts = self._parse(length)
+            # The contract's 500 body, {"message": ...}; any other status the same shape with its own phrase.
+            return self._json(state.faults.error_status, {"message": _phrase(state.faults.error_status)}, headers)
+        parts = read_form(self.rfile, self.headers, length, state.max_bytes)
         if isinstance(parts, str):
             return self._error(400, "BadRequest", parts)
-        problem = _validate(parts, state.max_bytes)
+        problem = validate(parts, state.max_bytes)
         if isinstance(problem, str):
             return self._error(400, "BadRequest", problem)
         return self._accept(problem)
 
     # -- pieces --------------------------------------------------------------------------
 
-    def _authorized(self, discard: int = 0) -> bool:
+    def _length(self) -> int | None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return None
+        return length if length >= 0 else None
+
+    def _authorized(self, discard_bytes: int = 0) -> bool:
+        """The contract's two ways to present the key: ``Authorization: Bearer KEY``, else ``?bearer_token=KEY``.
+        No key and a wrong key are both 401, with different messages."""
         state = self.server.state
-        header = self.headers.get("Authorization", "")
+        header = self.headers.get("Authorization")
+        if header is not None:
+            scheme, _, key = header.partition(" ")
+            presented = key.strip() if scheme.lower() == "bearer" and key.strip() else None
+        else:
+            presented = dict(parse_qsl(urlsplit(self.path).query)).get("bearer_token") or None
         if time.monotonic() < state.faults.unauthorized_until:
-            self._discard(discard)
-            self._error(401, "Unauthenticated", "API key is not valid right now")
-            return False
-        if header != f"Bearer {state.api_key}":
-            self._discard(discard)
-            self._error(401, "Unauthenticated", "Authorization header with Bearer token is required")
-            return False
-        return True
-
-    def _parse(self, length: int) -> dict[str, _Part] | str:
-        ctype, params = parse_options_header(self.headers.get("Content-Type", ""))
-        if ctype != b"multipart/form-data" or b"boundary" not in params:
-            self._discard(length)
-            return "Content-Type must be multipart/form-data"
-        if length > self.server.state.max_bytes + 1024 * 1024:
-            self._discard(length)
-            return f"File too large: at most {self.server.state.max_bytes} bytes"
-        parts: dict[str, _Part] = {}
-        current: list[_Part] = []
-        header: list[bytes] = [b"", b""]
-
-        def begin() -> None:
-            current.append(_Part())
-
-        def header_field(data: bytes, start: int, end: int) -> None:
-            header[0] += data[start:end]
-
-        def header_value(data: bytes, start: int, end: int) -> None:
-            header[1] += data[start:end]
-
-        def header_end() -> None:
-            current[-1].headers[header[0].decode().lower()] = header[1]
-            header[0], header[1] = b"", b""
-
-        def headers_done() -> None:
-            part = current[-1]
-            _, disp = parse_options_header(part.headers.get("content-disposition", b""))
-            part.name = disp.get(b"name", b"").decode()
-            part.filename = disp.get(b"filename", b"").decode(errors="replace")
-            part.content_type = part.headers.get("content-type", b"").decode()
-
-        def data(chunk: bytes, start: int, end: int) -> None:
-            part = current[-1]
-            piece = chunk[start:end]
-            part.size += len(piece)
-            part.hasher.update(piece)
-            if not part.filename and len(part.text) < 1024 * 1024:
-                part.text += piece
-
-        def end() -> None:
-            parts[current[-1].name] = current[-1]
-
-        parser = MultipartParser(
-            params[b"boundary"],
-            {
-                "on_part_begin": begin,
-                "on_header_field": header_field,
-                "on_header_value": header_value,
-                "on_header_end": header_end,
-                "on_headers_finished": headers_done,
-                "on_part_data": data,
-                "on_part_end": end,
-            },
-        )
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1024 * 1024))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            parser.write(chunk)
-        if remaining:
-            self.close_connection = True
-            return "request body ended early"
-        return parts
+            message = "API key is not valid right now"
+        elif presented is None:
+            message = "Authorization header with Bearer token is required"
+        elif not secrets.compare_digest(presented.encode(), state.api_key.encode()):
+            message = "API key is not valid"
+        else:
+            return True
+        discard(self.rfile, discard_bytes)
+        self._error(401, "Unauthenticated", message)
+        return False
 
     def _accept(self, received: Received) -> None:
         state = self.server.state
@@ -240,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             if key and state.honour_idempotency and key in state.by_key:
                 return self._json(202, {"id": state.by_key[key]})
-            job_id = f"job-voc-{len(state.jobs) + 1:06d}"
+            job_id = f"job-voc-{state.run_id}-{len(state.jobs) + 1:06d}"
             received.job_id = job_id
             received.idempotency_key = key
             state.received.append(received)
@@ -275,16 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
                     job["status"], job["result"] = "completed", {"summary": "simulated"}
             return {k: v for k, v in job.items() if not k.startswith("_")}
 
-    def _discard(self, length: int) -> None:
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1024 * 1024))
-            if not chunk:
-                self.close_connection = True
-                return
-            length -= len(chunk)
-
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._json(status, {"code": code, "message": message})
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self._json(status, {"code": code, "message": message}, headers)
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -294,30 +325,24 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a reply to HEAD has the headers of one to GET, and no body
+            self.wfile.write(data)
 
 
-def _validate(parts: dict[str, _Part], max_bytes: int) -> Received | str:
-    meta_part = parts.get("metadata")
-    if meta_part is None:
-        return "metadata is required"
+def _phrase(status: int) -> str:
     try:
-        metadata = json.loads(bytes(meta_part.text).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return "metadata must be a JSON string"
-    if not isinstance(metadata, dict):
-        return "metadata must be a JSON object"
-    if check_recording_id(metadata.get("id")) is not None:
-        return "metadata.id must contain only letters, numbers, dots, dashes, or underscores"
-    audio = parts.get("audio") or parts.get("file")
-    if audio is None or not audio.filename:
-        return "audio file is required"
-    ext = audio.filename.rsplit(".", 1)[-1].lower()
-    if ext not in ("mp3", "wav"):
-        return "Audio must be mp3 or wav"
-    if audio.size > max_bytes:
-        return f"File too large: at most {max_bytes} bytes"
-    return Received("", metadata, audio.filename, audio.content_type, audio.size, audio.hasher.hexdigest(), None)
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _masked(path: str) -> str:
+    """The request target with any bearer_token value masked: the key never reaches a log line."""
+    parts = urlsplit(path)
+    if "bearer_token" not in parts.query:
+        return path
+    query = [(k, "[redacted]" if k == "bearer_token" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return parts._replace(query=urlencode(query)).geturl()
 
 
 class _Server(ThreadingHTTPServer):
@@ -328,6 +353,14 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: SimState) -> None:
         super().__init__(address, _Handler)
         self.state = state
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (reset, broken pipe, timeout) is one line; anything else its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError | TruncatedError):
+            self.state.emit("simulate.client_dropped", client=client_address[0], error=f"{type(exc).__name__}: {exc}")
+            return
+        super().handle_error(request, client_address)
 
 
 class Simulator:
