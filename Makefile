@@ -68,9 +68,16 @@ deb:
 	cp $(DEB_BUILD)/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb dist/
 	@echo "built dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb"
 
-# The package's files, conffiles and maintainer scripts, and its vocwatch run from the extracted tree.
-deb-test: $(STAMP) deb
-	VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb $(BIN)/python -m pytest -q -m deb
+# The package's files, conffiles and maintainer scripts, its vocwatch run from the extracted tree, and (root)
+# install, setup, upgrade to a rebuilt package, remove and purge in a throwaway Debian 12 chroot (debootstrap,
+# made once under build/deb-chroot-base and copied for each run).
+DEB_NEWER := $(DEB_VERSION)+rebuild1
+deb-test: $(STAMP)
+	$(MAKE) deb
+	$(MAKE) deb DEB_VERSION=$(DEB_NEWER)
+	command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; } || echo "debootstrap is missing and could not be installed (not root?): the chroot test fails"
+	arch=$$(dpkg --print-architecture); VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$arch.deb \
+	    VOCWATCH_DEB_NEWER=dist/vocwatch_$(DEB_NEWER)_$$arch.deb $(BIN)/python -m pytest -q -m deb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
