@@ -48,9 +48,9 @@ bench: $(STAMP)
 DEB_REVISION ?= 1
 DEB_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' vocwatch/__init__.py)-$(DEB_REVISION)
 DEB_BUILD := build/deb
-DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev
+DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev build-essential
 deb:
-	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS) build-essential; } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
+	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS); } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src dist
 	git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$$f" ] || [ -L "$$f" ] && printf "%s\0" "$$f"; done' _ | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
 	/usr/bin/python3 -m venv $(DEB_BUILD)/pip
@@ -75,7 +75,7 @@ DEB_NEWER := $(DEB_VERSION)+rebuild1
 deb-test: $(STAMP)
 	$(MAKE) deb
 	$(MAKE) deb DEB_VERSION=$(DEB_NEWER)
-	command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; } || echo "debootstrap is missing and could not be installed (not root?): the chroot test fails"
+	command -v debootstrap >/dev/null && command -v lintian >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap lintian; } || echo "debootstrap or lintian is missing and could not be installed (not root?): their tests fail"
 	arch=$$(dpkg --print-architecture); VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$arch.deb \
 	    VOCWATCH_DEB_NEWER=dist/vocwatch_$(DEB_NEWER)_$$arch.deb $(BIN)/python -m pytest -q -m deb
 
