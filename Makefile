@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test test-fleet systemd-test lint format bench clean
+.PHONY: demo test test-fleet systemd-test lint format bench clean deb deb-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 # The writer tests copy with rsync (temp file + rename, and --inplace); CI is a bare Debian without it.
 test: $(STAMP)
 	command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; } || echo "rsync is missing and could not be installed (not root?): its writer tests skip"
-	$(BIN)/python -m pytest -q -m "not fleet and not systemd"
+	$(BIN)/python -m pytest -q -m "not fleet and not systemd and not deb"
 
 # The fleet tests (marker "fleet"): real daemons on one PostgreSQL ledger, on a throwaway cluster that
 # tests/support/pg.py initdb's from Debian's server binaries (installed here when missing, as root).
@@ -50,5 +50,36 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The Debian package, dist/vocwatch_<version>-<revision>_<arch>.deb (README: "Install as a service").
+# A newer package without editing a file: make deb DEB_REVISION=2 (or DEB_VERSION=0.1.0-2~test1).
+# First a wheelhouse for Debian 12's /usr/bin/python3 (every runtime dependency, the build backend, the doc
+# generators), then dpkg-buildpackage with dh-virtualenv on a clean copy of the tracked files, pip offline.
+DEB_REVISION ?= 1
+DEB_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' vocwatch/__init__.py)-$(DEB_REVISION)
+DEB_BUILD := build/deb
+DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev
+deb:
+	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS) build-essential; } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src dist
+	git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$$f" ] || [ -L "$$f" ] && printf "%s\0" "$$f"; done' _ | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
+	/usr/bin/python3 -m venv $(DEB_BUILD)/pip
+	$(DEB_BUILD)/pip/bin/python -m pip download --quiet --disable-pip-version-check --dest $(DEB_BUILD)/wheelhouse \
+	    "./$(DEB_BUILD)/src[package]" "setuptools>=77"
+	# A dependency that comes only as an sdist (argparse-manpage) is built into a wheel now, while the build
+	# backend it needs can still be fetched: the wheelhouse is then all wheels, and the package build offline.
+	set -e; for sdist in $(DEB_BUILD)/wheelhouse/*.tar.gz; do [ -e "$$sdist" ] || continue; \
+	    $(DEB_BUILD)/pip/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(DEB_BUILD)/wheelhouse "$$sdist"; \
+	    rm "$$sdist"; done
+	printf '%s\n' "vocwatch ($(DEB_VERSION)) unstable; urgency=medium" "" \
+	    "  * Built by make deb from $$(git describe --always --dirty 2>/dev/null || echo a source tree); see CHANGELOG.md." "" \
+	    " -- vocwatch maintainers <vocwatch@example.com>  $$(date -R)" > $(DEB_BUILD)/src/debian/changelog
+	cd $(DEB_BUILD)/src && WHEELHOUSE=$(CURDIR)/$(DEB_BUILD)/wheelhouse dpkg-buildpackage -b -us -uc
+	cp $(DEB_BUILD)/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb dist/
+	@echo "built dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb"
+
+# The package's files, conffiles and maintainer scripts, and its vocwatch run from the extracted tree.
+deb-test: $(STAMP) deb
+	VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb $(BIN)/python -m pytest -q -m deb
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -14,7 +14,7 @@ from vocwatch.edges.config import EX_CONFIG, UploadSettings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 UNIT = DEPLOY / "vocwatch.service"
-EXEC = "/opt/vocwatch/venv/bin/vocwatch"
+EXEC = "/opt/venvs/vocwatch/bin/vocwatch"  # the Debian package's venv (make deb)
 ANALYZE = shutil.which("systemd-analyze") or ""
 needs_analyze = pytest.mark.skipif(not ANALYZE, reason="systemd-analyze is not installed (not a systemd host)")
 
@@ -47,20 +47,21 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     program.chmod(0o755)
     copy = tmp_path / "vocwatch.service"
     copy.write_text(text.replace(EXEC, str(program)))
-    result = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    # --man=no: Documentation=man:vocwatch(1) is installed by the package, not here (tests/test_docs.py builds it).
+    result = subprocess.run([ANALYZE, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
     # verify exits 0 even on "Failed to parse ..., ignoring" lines: any word about our unit is a failure.
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "vocwatch" in line]
     assert result.returncode == 0 and ours == [], result.stdout + result.stderr
 
 
 @needs_analyze
-def test_unit_exposure_score_is_at_most_2() -> None:
+def test_unit_exposure_score_is_at_most_1_5() -> None:
     result = subprocess.run(
         [ANALYZE, "security", "--offline=yes", "--no-pager", str(UNIT)], capture_output=True, text=True, timeout=60
     )
     found = re.search(r"Overall exposure level for vocwatch\.service: (\d+(?:\.\d+)?)", result.stdout)
     assert found, result.stdout + result.stderr
-    assert float(found.group(1)) <= 2.0, result.stdout
+    assert float(found.group(1)) <= 1.5, result.stdout
 
 
 def test_every_hardening_line_says_when_to_relax_it() -> None:
