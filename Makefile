@@ -31,11 +31,12 @@ test-fleet: $(STAMP)
 # $(SYSTEMD_CACHE) (rebuilt when tests/support/rootfs.py's package list changes), a fresh copy booted per run
 # with systemd-nspawn, the built .deb installed in it. Root only; fails (never skips) where containers are refused.
 SYSTEMD_CACHE ?= /var/cache/vocwatch-systemd-test
-systemd-test: $(STAMP)
+systemd-test: $(STAMP) deb
 	@test "$$(id -u)" = 0 || { echo "make systemd-test must run as root (debootstrap, systemd-nspawn)" >&2; exit 1; }
 	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v dpkg-deb >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container dpkg-dev; }
-	VOCWATCH_SYSTEMD_CACHE=$(SYSTEMD_CACHE) $(BIN)/python -m pytest -q -m systemd tests/test_systemd_service.py
+	VOCWATCH_SYSTEMD_CACHE=$(SYSTEMD_CACHE) VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb \
+	    $(BIN)/python -m pytest -q -m systemd tests/test_systemd_service.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

@@ -21,7 +21,6 @@ from typing import Any
 from support.nspawn import Machine, until
 
 REPO = Path(__file__).resolve().parent.parent
-DIST = REPO / "dist"
 UNIT = "vocwatch"
 PRODUCER = "recorder"
 SPOOL = "/var/spool/vocwatch"
@@ -87,16 +86,19 @@ class Package:
 
 
 def built_package() -> Package:
-    """``make deb``'s package (built here if dist/ holds none), or the stand-in until the deb target exists."""
-    debs = sorted(DIST.glob("vocwatch_*.deb"))
-    if not debs:
-        subprocess.run(["make", "-C", str(REPO), "deb"], check=True, capture_output=True, text=True)
-        debs = sorted(DIST.glob("vocwatch_*.deb"))
-    assert debs, "make deb built no dist/vocwatch_*.deb"
+    """The package ``make systemd-test`` just built ($VOCWATCH_DEB), else the one ``make deb`` builds now."""
+    given = os.environ.get("VOCWATCH_DEB")
+    if given:
+        deb = Path(given)
+    else:
+        built = subprocess.run(["make", "-C", str(REPO), "deb"], check=True, capture_output=True, text=True)
+        [name] = re.findall(r"^built (dist/vocwatch_\S+\.deb)$", built.stdout, re.MULTILINE)
+        deb = REPO / name
+    assert deb.is_file(), f"no package at {deb}: build it with make deb"
     version = subprocess.run(
-        ["dpkg-deb", "--field", str(debs[-1]), "Version"], check=True, capture_output=True, text=True
+        ["dpkg-deb", "--field", str(deb), "Version"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    return Package(debs[-1], version)
+    return Package(deb, version)
 
 
 def bumped(package: Package, into: Path) -> Package:
@@ -114,11 +116,11 @@ def bumped(package: Package, into: Path) -> Package:
 
 
 def install(m: Machine, package: Package) -> subprocess.CompletedProcess[str]:
-    """``apt install ./vocwatch_*.deb`` inside, as the README says (its dependencies are in the image)."""
+    """``apt install /root/vocwatch_*.deb`` inside, as the README says (its dependencies are in the image)."""
     inside = f"/root/{package.path.name}"
     m.path(inside).write_bytes(package.path.read_bytes())
     return m.run(
-        ["apt-get", "install", "-y", "--no-download", f"./{package.path.name}"],
+        ["apt-get", "install", "-y", inside],
         env={"DEBIAN_FRONTEND": "noninteractive"},
         timeout=300,
     )
