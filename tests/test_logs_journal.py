@@ -146,3 +146,18 @@ def test_a_bad_config_stays_a_human_line_on_a_terminal(tmp_path: Path) -> None:
     lines = text.decode().splitlines()
     assert code == os.EX_CONFIG
     assert len(lines) == 2 and all(line.startswith("vocwatch: config error: ") for line in lines), lines
+
+
+def test_a_crash_off_a_terminal_is_one_json_line_with_its_traceback(tmp_path: Path) -> None:
+    script = (
+        "from vocwatch.edges.logs import configure\n"
+        "configure('info', 'auto')\n"
+        "def deep():\n    raise RuntimeError('boom')\n"
+        "deep()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    crash = json.loads(line)
+    assert crash["event"] == "process.crashed" and crash["level"] == "critical"
+    assert "RuntimeError: boom" in crash["exception"] and "deep" in crash["exception"]

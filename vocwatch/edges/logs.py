@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -143,6 +144,16 @@ def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, s
     for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
         root.removeHandler(handler)
     root.addHandler(_ToStructlog())
+    if not console:  # a crash off a terminal is one JSON line too (with its traceback), not plain text
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook off a terminal: the uncaught exception as the event ``process.crashed`` (critical)."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger().critical("process.crashed", exc_info=(kind, exc, tb))
 
 
 class _ToStructlog(logging.Handler):
