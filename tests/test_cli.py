@@ -23,7 +23,7 @@ from vocwatch.edges.config import load_settings
 from vocwatch.edges.ledger import Ledger
 from vocwatch.testing.simulator import Simulator
 
-COMMANDS = ["run", "upload", "ledger", "simulate", "demo", "check", "status"]
+COMMANDS = ["run", "upload", "ledger", "simulate", "demo", "check", "status", "setup"]
 
 
 def vocwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

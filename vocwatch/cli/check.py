@@ -10,6 +10,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -190,15 +191,30 @@ def _scrubbed(text: str, settings: Settings) -> str:
     return text.replace(secret, "[key]") if secret else text
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One line of the report: its name, ok or not, and the detail (already scrubbed of the key)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
 def main(args: argparse.Namespace) -> int:
     if args.reasons:
         for code, text in REASONS.items():
             print(f"{code:>20}  {text}")
         return 0
     settings = settings_from(args)
-    f = settings.folders
     source = args.config or os.environ.get("VOCWATCH_CONFIG") or "defaults (no --config, no VOCWATCH_CONFIG)"
-    checks: list[Check] = [("config", lambda: (True, str(source)))]
+    outcomes = report(settings, str(source), online=args.online)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def report(settings: Settings, source: str, *, online: bool) -> list[Outcome]:
+    """Run every check (and the API's with ``online``), print one line each as it ends, return them all."""
+    f = settings.folders
+    checks: list[Check] = [("config", lambda: (True, source))]
     for name, path in (("inbox", f.inbox), ("done", f.done), ("failed", f.failed)):
         checks.append((f"folders.{name}", functools.partial(_writable, path)))
     checks.append(("same filesystem", lambda: _layout(settings)))
@@ -208,18 +224,19 @@ def main(args: argparse.Namespace) -> int:
     checks.append(("ledger", lambda: _ledger(settings)))
     checks.extend(_months(settings))
     http = _http(settings)
+    outcomes: list[Outcome] = []
     with contextlib.closing(_client_on(settings, http)) as client:
         checks.append(("api key", lambda: _key(settings, client)))
-        if args.online:
+        if online:
             checks.append(("api health", client.health))
             checks.append(("api key accepted", lambda: _key_accepted(settings, http, client)))
-        failures = 0
         for name, run in checks:
             try:
                 ok, detail = run()
             except Exception as exc:  # a check must report, never crash the report
                 # Only the type: an exception's text can quote a header, and so the key.
                 ok, detail = False, f"{type(exc).__name__} (its text is withheld: it may quote the key); report this"
-            failures += not ok
-            print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {_scrubbed(detail, settings)}")
-    return 0 if failures == 0 else 1
+            outcome = Outcome(name, ok, _scrubbed(detail, settings))
+            outcomes.append(outcome)
+            print(f"{'ok' if ok else 'FAIL':>4}  {name:<18} {outcome.detail}")
+    return outcomes

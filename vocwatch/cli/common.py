@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from vocwatch.edges.config import Settings, load_settings
@@ -13,12 +14,18 @@ from vocwatch.edges.logs import configure
 
 EX_OK = os.EX_OK
 EX_USAGE = os.EX_USAGE  # 64
+EX_DATAERR = os.EX_DATAERR  # 65
 EX_NOINPUT = os.EX_NOINPUT  # 66
 EX_UNAVAILABLE = os.EX_UNAVAILABLE  # 69
 EX_SOFTWARE = os.EX_SOFTWARE  # 70
+EX_CANTCREAT = os.EX_CANTCREAT  # 73
 EX_TEMPFAIL = os.EX_TEMPFAIL  # 75: try again later (the instance is busy)
 EX_NOPERM = os.EX_NOPERM  # 77
 EX_CONFIG = os.EX_CONFIG  # 78: a bad config; the unit never restarts on it
+
+# Where the Debian package puts the config (a conffile) and where its unit reads the key (LoadCredential=).
+PACKAGE_CONFIG = Path("/etc/vocwatch/config.toml")
+PACKAGE_KEY = Path("/etc/vocwatch/api-key")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -1,4 +1,4 @@
-"""The ``vocwatch`` command line: run, upload, ledger, simulate, demo, check, status."""
+"""The ``vocwatch`` command line: run, upload, ledger, simulate, demo, check, status, setup."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": "demo",
     "check": "check",
     "status": "status",
+    "setup": "setup",
 }
 
 
@@ -121,6 +122,27 @@ def _parser() -> argparse.ArgumentParser:
 
     status = command("status", "Print one job's status from the API.")
     status.add_argument("job_id", metavar="JOB_ID")
+
+    setup = command(
+        "setup",
+        "Set up the installed service (as root): the tenant into the config, the API key into a root-only file, "
+        "then check --online.",
+        config=False,
+    )
+    setup.add_argument("--tenant", metavar="ID", help="the Crescendo tenant id (default: asked for on a terminal)")
+    setup.add_argument("--base-url", metavar="URL", help="the API's base URL (default: keep the config's)")
+    setup.add_argument(
+        "--key-file", metavar="PATH", help="read the API key from PATH, '-' for stdin (default: asked for, not echoed)"
+    )
+    setup.add_argument(
+        "--config", type=Path, metavar="PATH", help="the config to edit (default: /etc/vocwatch/config.toml)"
+    )
+    setup.add_argument(
+        "--key-path",
+        type=Path,
+        metavar="PATH",
+        help="where to write the key (default: /etc/vocwatch/api-key, which the unit's LoadCredential= reads)",
+    )
     return parser
 
 

@@ -101,6 +101,14 @@ def build_http(
     )
 
 
+def key_problem(secret: str) -> str | None:
+    """Why this key can never be sent as a header (without quoting it), or None if it can."""
+    if not (secret.isascii() and secret.isprintable() and " " not in secret):
+        # Such a key cannot be a header; httpx's error would quote it, so it must never be sent.
+        return "the API key contains spaces, line breaks or non-ASCII characters; put it alone on one line"
+    return None
+
+
 class CrescendoClient:
     def __init__(
         self, *, http: httpx.Client, base_url: str, tenant_id: str, key: KeyProvider, limiter: Limiter | None = None
@@ -123,11 +131,9 @@ class CrescendoClient:
         if key is None or not key.get_secret_value():
             return AuthProblem(0, "no API key found")
         secret = key.get_secret_value()
-        if not (secret.isascii() and secret.isprintable() and " " not in secret):
-            # Such a key cannot be a header; httpx's error would quote it, so it must never be sent.
-            return AuthProblem(
-                0, "the API key contains spaces, line breaks or non-ASCII characters; put it alone on one line"
-            )
+        problem = key_problem(secret)
+        if problem is not None:
+            return AuthProblem(0, problem)
         return {"Authorization": f"Bearer {secret}"}
 
     def upload(
