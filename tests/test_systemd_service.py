@@ -64,7 +64,7 @@ def machine() -> Iterator[Machine]:
         yield m
 
 
-def drop_pair(m: Machine, tmp_path: Path, name: str, recording_id: str, sidecar: str | None = None) -> None:
+def drop_pair(m: Machine, name: str, recording_id: str, sidecar: str | None = None) -> None:
     """A producer in group vocwatch drops a recording and its sidecar: temp names, then renames, as a recorder."""
     samples = m.path(f"/srv/samples/{name}")
     samples.mkdir(parents=True)
@@ -116,11 +116,9 @@ def test_enable_now_returns_with_the_service_ready(machine: Machine) -> None:
     assert state["UnitFileState"] == "enabled" and state["StatusText"], state
 
 
-def test_a_producers_pair_lands_in_done_with_its_job_id_in_the_ledger(
-    machine: Machine, sim: Simulator, tmp_path: Path
-) -> None:
+def test_a_producers_pair_lands_in_done_with_its_job_id_in_the_ledger(machine: Machine, sim: Simulator) -> None:
     machine.run(["useradd", "--create-home", "--groups", "vocwatch", PRODUCER])
-    drop_pair(machine, tmp_path, "call-0001", "rec-0001")
+    drop_pair(machine, "call-0001", "rec-0001")
     until(lambda: machine.path(f"{SPOOL}/done/call-0001.wav").exists(), 60, "call-0001.wav in done/")
     [received] = [r for r in sim.state.received if r.metadata.get("id") == "rec-0001"]
     shown = machine.run(["vocwatch", "ledger", "show", "rec-0001", "--config", CONFIG]).stdout
@@ -133,8 +131,8 @@ def test_systemctl_status_shows_the_status_line(machine: Machine) -> None:
     assert text and f'Status: "{text}"' in status, status
 
 
-def test_a_provoked_warning_shows_in_journalctl_p_warning(machine: Machine, tmp_path: Path) -> None:
-    drop_pair(machine, tmp_path, "call-bad", "rec-bad", sidecar="{ not json")
+def test_a_provoked_warning_shows_in_journalctl_p_warning(machine: Machine) -> None:
+    drop_pair(machine, "call-bad", "rec-bad", sidecar="{ not json")
     until(lambda: machine.path(f"{SPOOL}/failed/call-bad.wav").exists(), 60, "call-bad.wav in failed/")
     warnings = until(lambda: "upload.failed" in (out := journal(machine, "-p", "warning", "-o", "cat")) and out, 30,
                      "upload.failed in journalctl -p warning")  # fmt: skip
