@@ -59,9 +59,9 @@ bench: $(STAMP)
 DEB_REVISION ?= 1
 DEB_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' vocwatch/__init__.py)-$(DEB_REVISION)
 DEB_BUILD := build/deb
-DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev
+DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev build-essential
 deb:
-	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS) build-essential; } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
+	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS); } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src dist
 	git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$$f" ] || [ -L "$$f" ] && printf "%s\0" "$$f"; done' _ | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
 	/usr/bin/python3 -m venv $(DEB_BUILD)/pip
@@ -79,9 +79,16 @@ deb:
 	cp $(DEB_BUILD)/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb dist/
 	@echo "built dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb"
 
-# The package's files, conffiles and maintainer scripts, and its vocwatch run from the extracted tree.
-deb-test: $(STAMP) deb
-	VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb $(BIN)/python -m pytest -q -m deb
+# The package's files, conffiles and maintainer scripts, its vocwatch run from the extracted tree, and (root)
+# install, setup, upgrade to a rebuilt package, remove and purge in a throwaway Debian 12 chroot (debootstrap,
+# made once under build/deb-chroot-base and copied for each run).
+DEB_NEWER := $(DEB_VERSION)+rebuild1
+deb-test: $(STAMP)
+	$(MAKE) deb
+	$(MAKE) deb DEB_VERSION=$(DEB_NEWER)
+	command -v debootstrap >/dev/null && command -v lintian >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap lintian; } || echo "debootstrap or lintian is missing and could not be installed (not root?): their tests fail"
+	arch=$$(dpkg --print-architecture); VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$arch.deb \
+	    VOCWATCH_DEB_NEWER=dist/vocwatch_$(DEB_NEWER)_$$arch.deb $(BIN)/python -m pytest -q -m deb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -130,3 +130,15 @@ def test_the_packaged_vocwatch_runs_from_its_venv(tree: Path) -> None:
     main_pyc = next((tree / VENV.lstrip("/")).glob("lib/python3.11/site-packages/vocwatch/cli/__pycache__/main.*.pyc"))
     assert f"{VENV}/lib/python3.11/site-packages/vocwatch/cli/main.py".encode() in main_pyc.read_bytes()
     assert b"/build/deb/" not in (tree / VENV.lstrip("/") / "pyvenv.cfg").read_bytes()
+
+
+def test_lintian_finds_no_error_or_warning(deb: Path) -> None:
+    # debian/vocwatch.lintian-overrides says why each venv-layout tag is overridden; anything else fails here.
+    done = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", "--pedantic", "--info", str(deb)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    hints = [line for line in done.stdout.splitlines() if line[:2] in ("E:", "W:", "I:", "P:")]
+    assert done.returncode == 0 and hints == [], "\n".join(hints) or done.stderr
