@@ -58,6 +58,10 @@ def cached_root() -> Path:
     # The copy boots with its own machine id (systemd makes one on first boot) and no apt lists to go stale.
     (partial / "etc/machine-id").write_text("")
     partial.rename(root)
+    # A root for an older package list is never booted again: reclaim its space.
+    for stale in CACHE.glob(f"{SUITE}-*"):
+        if stale != root and not stale.name.endswith(".partial"):
+            shutil.rmtree(stale, ignore_errors=True)
     return root
 
 
