@@ -9,6 +9,8 @@ import argparse
 import contextlib
 import getpass
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -205,7 +207,12 @@ def _check(config: Path, key_path: Path, tenant: str) -> int:
     outcomes = {o.name: o for o in report(settings, str(config), online=True)}
     failed = [o for o in outcomes.values() if not o.ok]
     if not failed:
-        print(f"vocwatch setup: all checks passed. The one command left:\n    {NEXT}")
+        # systemd reads the credential and the daemon its config at start only: a running service needs a restart.
+        running = _service_running() and config == PACKAGE_CONFIG and key_path == PACKAGE_KEY
+        left = (
+            "systemctl restart vocwatch  (it is running: it reads the key and the config at start)" if running else NEXT
+        )
+        print(f"vocwatch setup: all checks passed. The one command left:\n    {left}")
         return 0
     return _failed(outcomes, failed, config, tenant)
 
@@ -226,3 +233,15 @@ def _failed(outcomes: dict[str, Outcome], failed: list[Outcome], config: Path, t
         status, why = EX_CONFIG, "the FAIL lines above say what is wrong on this host or in the config"
     print(f"vocwatch setup: FAILED ({names}): {why}; {again}", file=sys.stderr)
     return status
+
+
+def _service_running() -> bool:
+    """Whether systemd runs vocwatch.service now (False where there is no systemctl or no systemd)."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return False
+    try:
+        done = subprocess.run([systemctl, "is-active", "--quiet", "vocwatch.service"], timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
