@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vocwatch tests $(wildcard bench)
 
-.PHONY: demo test test-fleet alerts-test contract-test lint format bench clean deb deb-test
+.PHONY: demo test test-fleet alerts-test contract-test systemd-test lint format bench clean deb deb-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; } || echo "rsync is missing and could not be installed (not root?): its writer tests skip"
 	command -v groff >/dev/null || { apt-get update -qq && apt-get install -y -qq groff-base; } || echo "groff is missing and could not be installed (not root?): the man page test fails"
-	$(BIN)/python -m pytest -q -m "not fleet and not deb"
+	$(BIN)/python -m pytest -q -m "not fleet and not systemd and not deb"
 
 # The fleet tests (marker "fleet"): real daemons on one PostgreSQL ledger, on a throwaway cluster that
 # tests/support/pg.py initdb's from Debian's server binaries (installed here when missing, as root).
@@ -35,6 +35,7 @@ alerts-test:
 	test -x $(PROMTOOL) || { mkdir -p $(VENV)/prometheus && cd $(VENV)/prometheus && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } && dpkg-deb -x prometheus_*.deb . && rm prometheus_*.deb; }
 	$(PROMTOOL) check rules deploy/prometheus/vocwatch.rules.yml
 	cd deploy/prometheus && $(abspath $(PROMTOOL)) test rules vocwatch.rules.test.yml
+
 # Schemathesis against a running `vocwatch simulate` with Crescendo's contract (tests/contract/). Its own venv:
 # Schemathesis brings a pytest plugin that `make test` must not load. About a minute (--max-time bounds it).
 CONTRACT_VENV := .venv-contract
@@ -48,6 +49,17 @@ $(CONTRACT_VENV)/.installed: pyproject.toml
 
 contract-test: $(CONTRACT_VENV)/.installed
 	$(CONTRACT_VENV)/bin/python tests/contract/run_contract.py --schema $(CONTRACT)
+
+# The service's life under a real systemd (marker "systemd"): a Debian 12 root debootstrapped once into
+# $(SYSTEMD_CACHE) (rebuilt when tests/support/rootfs.py's package list changes), a fresh copy booted per run
+# with systemd-nspawn, the built .deb installed in it. Root only; fails (never skips) where containers are refused.
+SYSTEMD_CACHE ?= /var/cache/vocwatch-systemd-test
+systemd-test: $(STAMP) deb
+	@test "$$(id -u)" = 0 || { echo "make systemd-test must run as root (debootstrap, systemd-nspawn)" >&2; exit 1; }
+	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v dpkg-deb >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container dpkg-dev; }
+	VOCWATCH_SYSTEMD_CACHE=$(SYSTEMD_CACHE) VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb \
+	    $(BIN)/python -m pytest -q -m systemd tests/test_systemd_service.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

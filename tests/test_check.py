@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -216,4 +217,7 @@ def test_a_bad_months_key_exits_78_naming_it(config: Any, api_key: str, tmp_path
         [sys.executable, "-m", "vocwatch", "check", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 78
-    assert 'upload.bandwidth: "20 MB" is not a rate; write 20M' in done.stdout + done.stderr
+    # Off a terminal, one JSON line per bad key (config.invalid).
+    [problem] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert problem["event"] == "config.invalid"
+    assert 'upload.bandwidth: "20 MB" is not a rate; write 20M' in problem["message"]

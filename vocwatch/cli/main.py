@@ -16,6 +16,7 @@ from vocwatch.core.states import State
 from vocwatch.edges.config import ConfigError
 from vocwatch.edges.ledger import LedgerError
 from vocwatch.edges.ledgers import PgLedgerError
+from vocwatch.edges.logs import report
 
 Handler = Callable[[argparse.Namespace], int]
 # command -> the module under vocwatch.cli whose ``main(args)`` runs it
@@ -183,12 +184,13 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
+        # Off a terminal (journald, a pipe) one JSON line per bad key, like every other line vocwatch writes.
         for problem in exc.problems:
-            print(f"vocwatch: config error: {problem}", file=sys.stderr)
+            report("config.invalid", problem, human=f"config error: {problem}")
         return EX_CONFIG
     except (LedgerError, PgLedgerError) as exc:
         # Not a restart's to fix (the unit's RestartPreventExitStatus=78): an operator must act on the file.
-        print(f"vocwatch: {exc}", file=sys.stderr)
+        report("ledger.unusable", str(exc))
         return os.EX_CONFIG
     except KeyboardInterrupt:
         return 128 + signal.SIGINT  # the shell's convention for a command ended by ^C
