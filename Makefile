@@ -58,7 +58,7 @@ systemd-test: $(STAMP) deb
 	@test "$$(id -u)" = 0 || { echo "make systemd-test must run as root (debootstrap, systemd-nspawn)" >&2; exit 1; }
 	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v dpkg-deb >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap systemd-container dpkg-dev; }
-	VOCWATCH_SYSTEMD_CACHE=$(SYSTEMD_CACHE) VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb \
+	VOCWATCH_SYSTEMD_CACHE=$(SYSTEMD_CACHE) VOCWATCH_DEB=$(DEB_FILE) \
 	    $(BIN)/python -m pytest -q -m systemd tests/test_systemd_service.py
 
 lint: $(STAMP)
@@ -82,7 +82,10 @@ DEB_REVISION ?= 1
 DEB_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' vocwatch/__init__.py)-$(DEB_REVISION)
 DEB_BUILD := build/deb
 DEB_DEPS := dh-virtualenv debhelper python3-venv python3-pip dpkg-dev build-essential
-deb:
+DEB_FILE = dist/vocwatch_$(DEB_VERSION)_$(shell dpkg --print-architecture 2>/dev/null || echo amd64).deb
+# Built again only when a tracked file changed: make deb-test and make systemd-test in one CI run share one build.
+deb: $(DEB_FILE)
+$(DEB_FILE): $(wildcard $(shell git ls-files 2>/dev/null))
 	dpkg -s $(DEB_DEPS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_DEPS); } || { echo "make deb: needs $(DEB_DEPS) (apt-get install them as root)" >&2; exit 1; }
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src dist
 	git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$$f" ] || [ -L "$$f" ] && printf "%s\0" "$$f"; done' _ | tar --null -T - -cf - | tar -xf - -C $(DEB_BUILD)/src
@@ -101,16 +104,11 @@ deb:
 	cp $(DEB_BUILD)/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb dist/
 	@echo "built dist/vocwatch_$(DEB_VERSION)_$$(dpkg --print-architecture).deb"
 
-# The package's files, conffiles and maintainer scripts, its vocwatch run from the extracted tree, and (root)
-# install, setup, upgrade to a rebuilt package, remove and purge in a throwaway Debian 12 chroot (debootstrap,
-# made once under build/deb-chroot-base and copied for each run).
-DEB_NEWER := $(DEB_VERSION)+rebuild1
-deb-test: $(STAMP)
-	$(MAKE) deb
-	$(MAKE) deb DEB_VERSION=$(DEB_NEWER)
-	command -v debootstrap >/dev/null && command -v lintian >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap lintian; } || echo "debootstrap or lintian is missing and could not be installed (not root?): their tests fail"
-	arch=$$(dpkg --print-architecture); VOCWATCH_DEB=dist/vocwatch_$(DEB_VERSION)_$$arch.deb \
-	    VOCWATCH_DEB_NEWER=dist/vocwatch_$(DEB_NEWER)_$$arch.deb $(BIN)/python -m pytest -q -m deb
+# The built package's files, conffiles and maintainer scripts, its vocwatch run from the extracted tree, and
+# lintian. Its life as a service (install, setup, upgrade, remove, purge) is make systemd-test's, under a real systemd.
+deb-test: $(STAMP) deb
+	command -v lintian >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian; } || echo "lintian is missing and could not be installed (not root?): its test fails"
+	VOCWATCH_DEB=$(DEB_FILE) $(BIN)/python -m pytest -q -m deb
 
 clean:
 	rm -rf $(VENV) $(CONTRACT_VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -236,3 +236,17 @@ def test_purge_never_deletes_recordings(machine: Machine) -> None:
     for kept in (f"{SPOOL}/done/call-0001.wav", f"{SPOOL}/failed/call-bad.wav"):
         assert machine.path(kept).exists(), kept
     assert SPOOL in result.stdout + result.stderr  # purge says what it leaves behind
+
+
+def test_a_purge_of_an_install_that_never_held_a_recording_leaves_only_the_user(
+    machine: Machine, package: Package
+) -> None:
+    for leftover in (SPOOL, "/var/lib/vocwatch"):
+        machine.run(["rm", "-rf", leftover])
+    install(machine, package)
+    result = machine.run(["apt-get", "purge", "-y", "vocwatch"], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+    said = result.stdout + result.stderr
+    assert "kept the system user and group vocwatch" in said and f"kept {SPOOL}" not in said, said
+    for gone in ("/etc/vocwatch", SPOOL, "/var/lib/vocwatch", "/opt/venvs/vocwatch", "/usr/bin/vocwatch"):
+        assert not os.path.lexists(machine.path(gone)), gone
+    assert machine.run(["getent", "passwd", "vocwatch"]).stdout.startswith("vocwatch:")
