@@ -200,7 +200,14 @@ class Pipeline:
         problem = check_audio(claimed.pair.audio.name, st.st_size, head, self.options.max_bytes)
         if problem is not None:
             return problem
-        verdict = structure_of(fh.fileno(), claimed.pair.audio.name)
+        seen = claimed.seen
+        # The planner's verdict stands while the recording is as it saw it; a backfill's or a leftover's
+        # claim (or a file changed since) is checked here.
+        verdict = (
+            seen.verdict
+            if seen is not None and seen.signature == signature
+            else structure_of(fh.fileno(), claimed.pair.audio.name)
+        )
         if isinstance(verdict, Incomplete):
             # The planner claims an incomplete recording only once it stayed so for incomplete_timeout_seconds
             # (a backfill: at once); a leftover in work/ has no writer left either.
