@@ -181,7 +181,11 @@ TOOLS: dict[str, tuple[str, Callable[[Context, list[Item], Path], Child]]] = {
     "vocwatch run w4": ("vocwatch", vocwatch_daemon(4)),
     "vocwatch run w8": ("vocwatch", vocwatch_daemon(8)),
     "vocwatch upload": ("vocwatch", vocwatch_upload),
+    # The slow API's rows (bench/slow.py), not in the throughput table: 32 at a time against 200 ms replies.
+    "xargs -P32 curl": ("baseline", curl_xargs(32)),
+    "vocwatch run w32": ("vocwatch", vocwatch_daemon(32)),
 }
+THROUGHPUT = tuple(t for t in TOOLS if "32" not in t)
 
 
 def run_tool(ctx: Context, tool: str, cls: str, items: list[Item]) -> Result:
