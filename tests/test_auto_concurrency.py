@@ -93,7 +93,7 @@ def test_only_the_limit_of_the_workers_upload_at_once_and_the_limit_grows_with_f
 
 
 def test_slots_park_beyond_the_limit_wake_as_it_grows_and_end_at_stop() -> None:
-    slots = Slots(concurrency.Rules(initial=1, maximum=4))
+    slots = Slots(concurrency.Rules(initial=1, maximum=4, slow_start_growth=2))
     assert slots.acquire()
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(slots.acquire()))

@@ -22,8 +22,8 @@ def _round(state: Limit, wait_s: float, *, saturated: bool = True, overloaded: b
 @pytest.mark.parametrize(
     ("before", "wait_s", "saturated", "overloaded", "after"),
     [
-        # slow start: the limit doubles while replies hold and every slot is taken
-        (Limit(4, True, 0.200), 0.200, True, False, (8, True)),
+        # slow start: the limit quadruples while replies hold and every slot is taken
+        (Limit(4, True, 0.200), 0.200, True, False, (16, True)),
         (Limit(32, True, 0.200), 0.210, True, False, (64, True)),
         (Limit(64, True, 0.200), 0.200, True, False, (64, True)),  # never above upload.max_workers
         # after the first slowdown: one more slot a round
@@ -38,7 +38,7 @@ def _round(state: Limit, wait_s: float, *, saturated: bool = True, overloaded: b
         (Limit(16, False, 0.200), 0.200, True, True, (8, False)),
         (Limit(1, False, 0.200), 0.900, True, True, (1, False)),  # never below one
         # the first round sets the baseline and grows
-        (Limit(4, True, None), 1.0, True, False, (8, True)),
+        (Limit(4, True, None), 1.0, True, False, (16, True)),
     ],
 )
 def test_one_rounds_decision(
@@ -87,7 +87,7 @@ def test_against_whole_servers_the_limit_finds_the_right_level(
 
 
 def test_a_flat_server_reaches_the_maximum_in_a_few_rounds() -> None:
-    seen = _serve(lambda n: 1.0, 4 + 8 + 16 + 32)  # slow start: four rounds, 4 -> 8 -> 16 -> 32 -> 64
+    seen = _serve(lambda n: 1.0, 4 + 16)  # slow start: two rounds, 4 -> 16 -> 64
     assert seen[-1] == 64
 
 

@@ -2,7 +2,7 @@
 
 In the spirit of TCP congestion control and Vector's adaptive request concurrency: uploads are judged a
 round at a time (as many replies as the limit allows at once). A round whose replies came as fast as
-the best rounds did, with every slot in use, earns one more slot (twice as many while in slow start,
+the best rounds did, with every slot in use, earns one more slot (four times as many while in slow start,
 until the first slowdown); a round whose replies were slower, or that met 429/503, cuts the limit.
 Pure: the runtime feeds it reply waits and says whether the slots were all taken.
 """
@@ -23,6 +23,9 @@ class Rules:
     decrease: float = 0.75  # the cut when replies slow down
     overload_decrease: float = 0.5  # the cut when the server answers 429 or 503
     drift: float = 0.1  # how fast the baseline follows slower rounds (a server that stays slower)
+    # Slow start multiplies by this a round (TCP doubles): 4 -> 64 in two round trips, which at 1 s a reply
+    # is two seconds instead of four; the first slowdown ends it, and an overshoot is cut back at once.
+    slow_start_growth: int = 4
 
     def __post_init__(self) -> None:
         assert 1 <= self.minimum <= self.initial <= self.maximum, self
@@ -65,7 +68,7 @@ def observe(state: Limit, rules: Rules, wait_s: float, *, saturated: bool, overl
     elif slower:
         limit, slow_start = math.floor(limit * rules.decrease), False
     elif state.saturated:
-        limit = limit * 2 if slow_start else limit + 1
+        limit = limit * rules.slow_start_growth if slow_start else limit + 1
     if base is None or mean < base:
         base = mean
     elif not state.overloaded:
