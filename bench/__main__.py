@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import audio_check, fleet_cost, ledger_bench, report
+from bench import audio_check, fleet_cost, ledger_bench, report, slow
 from bench.corpus import CLASSES, ensure_corpus
 from bench.proc import stop_all
 from bench.sink import Sink, start_python, start_sink
 from bench.timed import backlog, latency, startup
-from bench.tools import TOOLS, Context, Result, run_tool
+from bench.tools import THROUGHPUT, Context, Result, run_tool
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,10 +32,11 @@ class Plan:
     drops: int
     backlog: int
     marks: tuple[int, int]
+    slow_files: int = 480  # small files sent to the slow API (32 at a time, 200 ms a reply: ~3 s a run)
 
 
 FULL = Plan(3, {c: n for c, (n, _) in CLASSES.items()}, 200, 100_000, (1_000, 10_000))
-QUICK = Plan(1, {"small": 200, "medium": 60, "large": 20}, 100, 20_000, (1_000, 5_000))
+QUICK = Plan(1, {"small": 200, "medium": 60, "large": 20}, 100, 20_000, (1_000, 5_000), 320)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +49,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
     p.add_argument("--backlog", type=int, help="pairs in the start-up backlog (0: skip)")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-slow", action="store_true", help="skip the slow-API rows (200 ms replies, 32 at a time)")
     p.add_argument(
         "--ledger-rows", type=int, help="rows of the ledger query row (default 10,000,000; --quick 1,000,000; 0: skip)"
     )
@@ -79,7 +81,7 @@ def _throughput(
     say: _Say,
     all_runs: list[dict[str, Any]],
 ) -> dict[str, dict[str, Result]]:
-    tools = [t for t in TOOLS if not args.tools or any(s.strip() in t for s in args.tools.split(","))]
+    tools = [t for t in THROUGHPUT if not args.tools or any(s.strip() in t for s in args.tools.split(","))]
     by_class: dict[str, dict[str, Result]] = {}
     for cls in [c for c in args.classes.split(",") if c in CLASSES]:
         items = corpus[cls][: plan.files[cls]]
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     say(fleet_cost.line(fleet))
     timed_sink: Sink | None = sink if sink.timestamps else None
     all_runs: list[dict[str, Any]] = []
-    lat = back = start = book = None
+    lat = back = start = book = slow_api = None
     pairs = plan.backlog if args.backlog is None else args.backlog
     try:
         by_class = _throughput(Context(sink, work), corpus, plan, args, say, all_runs)
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         start = startup(timed_sink, work)
         say(f"start-up on an empty inbox: READY after {start['ready_s']} s, {start['cpu_s']} s CPU")
         report.net_of_startup(by_class, start)
+        if not args.no_slow:
+            slow_api = slow.measure(work, corpus["small"][: plan.slow_files], repeats=args.repeats or plan.repeats)
+            say(slow.line(slow_api))
         if not args.no_latency:
             lat = latency(timed_sink, work, corpus["small"][: plan.drops])
             say(f"latency: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms over {lat['measured']} drops")
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             timed_sink.stop()
         sink.stop()
 
-    found = report.targets(by_class, lat, back, book)
+    found = report.targets(by_class, lat, back, book, start, slow_api)
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "structure_check": structure,
         "ledger_cost": fleet,
         "latency": lat,
+        "slow_api": slow_api,
         "backlog": back,
         "ledger": book,
         "targets": [t.as_dict() for t in found],
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results, by_class, found))
     print(audio_check.line(structure))
     print(fleet_cost.line(fleet))
+    if slow_api:
+        print(slow.line(slow_api))
     print(f"\nwrote {args.out} in {results['duration_s']} s")
     return 0 if all(r.ok for rs in by_class.values() for r in rs.values()) else 1
 

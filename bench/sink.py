@@ -197,8 +197,9 @@ def start_nginx(nginx: str, root: Path) -> Sink | None:
     return Sink("nginx", port, proc, root / "access.log", f"{version} ({how}), worker_processes auto")
 
 
-def start_python(root: Path, *, logged: bool) -> Sink:
-    """``vocwatch simulate --sink`` (no timestamps) or bench.pysink (timestamps every request)."""
+def start_python(root: Path, *, logged: bool, latency_s: float = 0.0) -> Sink:
+    """``vocwatch simulate --sink`` (no timestamps; ``latency_s`` before each reply) or bench.pysink
+    (timestamps every request)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "VOCWATCH_API_KEY": API_KEY}
@@ -210,8 +211,10 @@ def start_python(root: Path, *, logged: bool) -> Sink:
     else:
         log = None
         exe = Path(sys.executable).with_name("vocwatch")
-        argv = [str(exe), "simulate", "--port", str(port), "--tenant", TENANT, "--sink"]
+        argv = [str(exe), "simulate", "--port", str(port), "--tenant", TENANT, "--sink", "--latency", str(latency_s)]
         kind, detail = "vocwatch simulate --sink", "stdlib ThreadingHTTPServer, reads and drops the body"
+        if latency_s:
+            kind, detail = f"{kind} --latency {latency_s:g}", f"{detail}, replies after {latency_s:g} s"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_listening(port):
         proc.kill()

@@ -130,7 +130,7 @@ def httpx_pool(ctx: Context, items: list[Item], run: Path) -> Child:
     return Child([sys.executable, "-m", "bench.httpx_baseline", ctx.sink.upload_url, API_KEY, str(listing), "4"])
 
 
-def write_config(run: Path, sink: Sink, *, workers: int, settle: float = 0.0, log_level: str = "info") -> Path:
+def write_config(run: Path, sink: Sink, *, workers: int | str, settle: float = 0.0, log_level: str = "info") -> Path:
     spool = run / "spool"
     run.mkdir(parents=True, exist_ok=True)
     config = run / "config.toml"
@@ -139,7 +139,7 @@ def write_config(run: Path, sink: Sink, *, workers: int, settle: float = 0.0, lo
         f'[folders]\ninbox = "{spool / "inbox"}"\ndone = "{spool / "done"}"\nfailed = "{spool / "failed"}"\n'
         'instance = "bench"\n'
         f'[ledger]\npath = "{run / "ledger.sqlite3"}"\n'
-        f"[upload]\nworkers = {workers}\n"
+        f"[upload]\nworkers = {workers if isinstance(workers, int) else repr(workers)}\n"
         f"[watch]\nsettle_seconds = {settle}\n"
         "[status]\npoll = false\n"
         f'[log]\nlevel = "{log_level}"\nformat = "json"\n'
@@ -154,7 +154,7 @@ def count_audio(folder: Path) -> int:
         return 0
 
 
-def vocwatch_daemon(workers: int) -> Callable[[Context, list[Item], Path], Child]:
+def vocwatch_daemon(workers: int | str) -> Callable[[Context, list[Item], Path], Child]:
     def start(ctx: Context, items: list[Item], run: Path) -> Child:
         config = write_config(run, ctx.sink, workers=workers)
         link_into(items, run / "spool" / "inbox")
@@ -181,7 +181,14 @@ TOOLS: dict[str, tuple[str, Callable[[Context, list[Item], Path], Child]]] = {
     "vocwatch run w4": ("vocwatch", vocwatch_daemon(4)),
     "vocwatch run w8": ("vocwatch", vocwatch_daemon(8)),
     "vocwatch upload": ("vocwatch", vocwatch_upload),
+    "vocwatch run auto": ("vocwatch", vocwatch_daemon("auto")),  # upload.workers = "auto", against w4 and w8
+    # The slow API's rows (bench/slow.py), not in the throughput table: many at a time against slow replies.
+    "xargs -P32 curl": ("baseline", curl_xargs(32)),
+    "vocwatch run w32": ("vocwatch", vocwatch_daemon(32)),
+    "vocwatch run w64": ("vocwatch", vocwatch_daemon(64)),
 }
+SLOW = ("xargs -P32 curl", "vocwatch run w32", "vocwatch run w64")
+THROUGHPUT = tuple(t for t in TOOLS if t not in SLOW)
 
 
 def run_tool(ctx: Context, tool: str, cls: str, items: list[Item]) -> Result:

@@ -77,6 +77,15 @@ class Unknown:
 Verdict = Complete | Incomplete | Unknown
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A structural verdict (None: not a .wav or .mp3 name) and the recording's (size, mtime_ns, inode)
+    when it was made: the planner's, handed to the worker with the claim, valid while the signature holds."""
+
+    signature: tuple[int, int, int]
+    verdict: Verdict | None
+
+
 def kind_of(name: str) -> Kind | None:
     lower = name.lower()
     return "wav" if lower.endswith(".wav") else "mp3" if lower.endswith(".mp3") else None

@@ -17,6 +17,7 @@ class WorkerState(StrEnum):
     WORKING = "working"  # prepare, finish
     SENDING = "sending"  # the request is being made
     WAITING = "waiting"  # on the gate (backoff, auth pause)
+    PARKED = "parked"  # upload.workers = "auto": beyond the concurrency limit, waits for a slot
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -49,6 +49,8 @@ class Retry:
 
     reason: str
     after: float | None = None
+    # The HTTP status, when the server answered: 429 and 503 cut "auto" concurrency. A hint, not the outcome.
+    status: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import mutagen
 import mutagen.mp3
 import mutagen.wave
 
-from vocwatch.core.audio import Complete, Verdict, check, kind_of, wav_codec
+from vocwatch.core.audio import Complete, Seen, Verdict, check, kind_of, wav_codec
 from vocwatch.core.model import Problem
 from vocwatch.core.reasons import Reason
 from vocwatch.edges.validate import open_regular
@@ -33,11 +33,18 @@ def structure_of(fd: int, name: str) -> Verdict | None:
 
 def structure(path: Path) -> Verdict | Problem | None:
     """``structure_of`` for a path, opened with ``open_regular`` (a Problem: it cannot be opened safely)."""
+    seen = structure_seen(path)
+    return seen.verdict if isinstance(seen, Seen) else seen
+
+
+def structure_seen(path: Path) -> Seen | Problem:
+    """``structure`` with the signature of the file it was read from (what the worker checks it against)."""
     opened = open_regular(path)
     if isinstance(opened, Problem):
         return opened
     try:
-        return structure_of(opened, path.name)
+        st = os.fstat(opened)
+        return Seen((st.st_size, st.st_mtime_ns, st.st_ino), structure_of(opened, path.name))
     except OSError as exc:
         return Problem(Reason.UNREADABLE, f"{path.name} could not be read: {exc.strerror or exc}")
     finally:
@@ -66,6 +73,10 @@ def facts(fh: IO[bytes], name: str, verdict: Verdict | None) -> AudioFacts:
     """Duration, codec, sample rate and channels of the open recording ``fh`` (its offset is restored)."""
     kind = kind_of(name)
     own = verdict.info if isinstance(verdict, Complete) else None
+    if kind == "wav" and own is not None and None not in (own.sample_rate, own.channels, own.duration_s):
+        # A whole WAV's own headers say all mutagen would (its length is the data chunk over the byte
+        # rate, as mutagen counts it): no second parse of the file (about 60 us a file).
+        return AudioFacts(round(float(own.duration_s or 0.0), 3) or None, own.codec, own.sample_rate, own.channels)
     at = fh.tell()
     try:
         fh.seek(0)

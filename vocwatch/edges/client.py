@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,11 +55,15 @@ class _Upload:
     def __init__(self, fh: IO[bytes], limiter: Limiter | None = None) -> None:
         self._fh = fh
         self._limiter = limiter
+        self.sent_at: float | None = None  # monotonic time the body's last byte was read: the reply wait starts
 
     def read(self, size: int = -1) -> bytes:
         size = UPLOAD_CHUNK if size and 0 < size < UPLOAD_CHUNK else size
         if self._limiter is None:
-            return self._fh.read(size)
+            data = self._fh.read(size)
+            if not data:
+                self.sent_at = time.monotonic()
+            return data
         if size is None or size < 0:
             size = UPLOAD_CHUNK
         # Only body bytes count (the multipart headers and the metadata field are not read through here),
@@ -67,6 +72,7 @@ class _Upload:
         left = self._fh.seek(0, 2) - here
         self._fh.seek(here)
         if left <= 0:
+            self.sent_at = time.monotonic()
             return b""
         return self._fh.read(self._limiter.acquire(min(size, left)))
 
@@ -118,6 +124,7 @@ class CrescendoClient:
         self._base = base_url.rstrip("/")
         self._tenant = tenant_id
         self._key = key
+        self._local = threading.local()  # each worker's last reply wait (upload.workers = "auto")
 
     def close(self) -> None:
         self._http.close()
@@ -151,16 +158,25 @@ class CrescendoClient:
             return headers
         headers["Idempotency-Key"] = idempotency_key
         audio.seek(0)
+        body = _Upload(audio, self._limiter)
+        self._local.wait_s = None
         try:
             response = self._http.post(
                 self.upload_url,
                 headers=headers,
                 data={"metadata": metadata},
-                files={"audio": (filename, _Upload(audio, self._limiter), content_type)},  # type: ignore[dict-item]
+                files={"audio": (filename, body, content_type)},  # type: ignore[dict-item]
             )
         except (httpx.HTTPError, h11.LocalProtocolError) as exc:
             return _without(Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), headers)
+        if body.sent_at is not None:
+            self._local.wait_s = time.monotonic() - body.sent_at
         return _without(classify_upload(response), headers)
+
+    def reply_wait(self) -> float | None:
+        """Seconds this thread's last upload waited for its reply after the body was sent (None: no reply)."""
+        wait: float | None = getattr(self._local, "wait_s", None)
+        return wait
 
     def job_status(self, job_id: str) -> StatusOutcome:
         headers = self._auth()
@@ -219,7 +235,7 @@ def classify_upload(response: httpx.Response) -> Outcome:
         where = response.headers.get("location", "?")
         return AuthProblem(status, f"redirected to {where}; set api.base_url to the final address")
     if status in RETRYABLE or status >= 500:
-        return Retry(f"HTTP {status} {message}", retry_after(response.headers.get("retry-after")))
+        return Retry(f"HTTP {status} {message}", retry_after(response.headers.get("retry-after")), status)
     return Rejected(status, code, message)
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -102,7 +102,9 @@ class LedgerSettings(_Section):
 
 
 class UploadSettings(_Section):
-    workers: int = Field(default=4, ge=1, le=64)
+    # "auto": adaptive concurrency (core/concurrency.py), from 4 up to max_workers as the server allows
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 4
+    max_workers: int = Field(default=64, ge=1, le=256)  # workers = "auto" never runs more uploads at once
     queue_size: int | None = Field(default=None, ge=1)  # default: 2 x workers
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_backoff_seconds: float = Field(default=300.0, gt=0)
@@ -136,8 +138,17 @@ class UploadSettings(_Section):
         return schedule.parse_window(self.window)
 
     @property
+    def adaptive(self) -> bool:
+        return self.workers == "auto"
+
+    @property
+    def threads(self) -> int:
+        """Upload threads to start: ``workers``, or ``max_workers`` under "auto" (the limit parks the rest)."""
+        return self.max_workers if self.workers == "auto" else self.workers
+
+    @property
     def queue_capacity(self) -> int:
-        return self.queue_size if self.queue_size is not None else 2 * self.workers
+        return self.queue_size if self.queue_size is not None else 2 * self.threads
 
 
 class WatchSettings(_Section):
@@ -259,8 +270,28 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     try:
         loaded = _Loaded(**overrides)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, toml_path) for err in exc.errors()]) from exc
+        raise ConfigError([_describe(err, toml_path) for err in _unioned(exc.errors())]) from exc
     return loaded
+
+
+def _unioned(errors: list[Any]) -> list[Any]:
+    """A key that takes a number or a word (upload.workers: 4 or "auto") fails once per alternative: one
+    message under the key's own name instead, the number's complaint with the word offered beside it."""
+    words = {tuple(e["loc"][:-1]): e for e in errors if e["loc"] and str(e["loc"][-1]).startswith("literal[")}
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if (
+            loc
+            and str(loc[-1]).startswith("literal[")
+            and any(tuple(o["loc"][:-1]) == loc[:-1] for o in errors if o is not err)
+        ):
+            continue
+        if loc and loc[:-1] in words and loc[-1] in ("int", "constrained-int"):
+            word = str(words[loc[:-1]]["loc"][-1]).removeprefix("literal[").removesuffix("]")
+            err = {**err, "loc": loc[:-1], "msg": f"{err['msg']}, or {word}"}
+        out.append(err)
+    return out
 
 
 class _EnvSource(PydanticBaseSettingsSource):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vocwatch.core.audio import Seen
 from vocwatch.core.model import Pair
 from vocwatch.core.pairing import classify
 from vocwatch.core.states import Stage
@@ -48,6 +49,9 @@ class Claimed:
     # Found in work/ (a crash's or a stopped run's leftover), not claimed from the inbox by this run: its
     # ledger row may be past the point where the inbox may have it back (accepted: the job id is durable).
     leftover: bool = False
+    # The planner's structural verdict on the recording as it claimed it: the worker uses it instead of
+    # reading the headers again while the recording's signature is still the one it was made on.
+    seen: Seen | None = None
 
     @property
     def audio(self) -> Path:

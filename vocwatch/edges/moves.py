@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vocwatch.edges.effects import Effect, point
+from vocwatch.edges.groupsync import FolderSyncs
 from vocwatch.edges.names import _fitting_temp
 
 
@@ -153,17 +154,11 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+_FOLDERS = FolderSyncs()
+
+
 def _fsync_dirs(dirs: set[Path]) -> None:
-    """Make renames durable: a rename is on disk only once its directories are synced."""
+    """Make renames durable: a rename is on disk only once its directories are synced. Workers that moved
+    into the same folder at once share one fsync of it (group commit), one that began after their renames."""
     for folder in dirs:
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            point(Effect.FSYNC, folder)
-            os.fsync(fd)
-        except OSError:
-            pass  # some network filesystems refuse fsync on a directory
-        finally:
-            os.close(fd)
+        _FOLDERS.sync(folder)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
+from vocwatch.core import concurrency
 from vocwatch.core.health import Limits, Observations, healthy, upload_limit
 from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Clock
@@ -38,6 +39,7 @@ from vocwatch.runtime.poller import StatusPoller
 from vocwatch.runtime.pool import Pool
 from vocwatch.runtime.recovery import other_instances as p_others
 from vocwatch.runtime.recovery import recover
+from vocwatch.runtime.slots import Slots
 from vocwatch.runtime.supervisor import CallbackService, LoopService, Service, Supervisor
 from vocwatch.runtime.window import UploadWindow
 
@@ -143,7 +145,7 @@ def build(
     api = settings.api
     verify: bool | str = str(api.ca_bundle) if api.ca_bundle else api.verify_tls
     http = build_http(
-        workers=settings.upload.workers,
+        workers=settings.upload.threads,
         connect_timeout=api.connect_timeout_seconds,
         read_timeout=api.read_timeout_seconds,
         verify=verify,
@@ -186,13 +188,20 @@ def build(
         recorder=stats,
         holder_alive=holder_alive,
     )
+    slots = Slots(concurrency.Rules(initial=min(4, up.max_workers), maximum=up.max_workers)) if up.adaptive else None
     pool = Pool(
         pipeline,
         gate,
-        workers=up.workers,
+        workers=up.threads,
         capacity=up.queue_capacity,
         clock=clock,
         give_up_after_s=up.give_up_after_seconds,
+        slots=slots,
+    )
+    stats.live(
+        "vocwatch_upload_concurrency_limit",
+        'uploads allowed at once: upload.workers, or the adaptive limit under "auto"',
+        lambda: slots.limit if slots is not None else up.threads,
     )
     stats.live(
         "vocwatch_bandwidth_limit_bytes_per_second",
@@ -469,6 +478,9 @@ class Daemon:
         if self.watcher.problem:  # say why nothing new is taken, not "ok"
             state = f"watcher down: {self.watcher.problem}" + ("" if state == "ok" else f", {state}")
         limit = f", bandwidth {p.bandwidth.describe()}" if p.bandwidth.limited else ""
+        slots = p.pool.slots
+        if slots is not None:
+            limit += f", concurrency {slots.limit} of {slots.rules.maximum} (auto)"
         return (
             f"{state}; pending {self.planner.pending}, queued {p.pool.queued}, in flight {p.pool.busy}, "
             f"done {counts.get('done', 0)}, failed {counts.get('failed', 0)}, retries {counts.get('retries', 0)}"

@@ -85,6 +85,7 @@ class Prepared:
     log: Log
     started: float  # monotonic time the journey began, for the outcome's duration
     audio_s: float | None = None  # seconds of audio, for vocwatch_audio_seconds_total
+    reply_wait_s: float | None = None  # the last attempt's wait for its reply (upload.workers = "auto")
 
 
 class Pipeline:
@@ -200,7 +201,14 @@ class Pipeline:
         problem = check_audio(claimed.pair.audio.name, st.st_size, head, self.options.max_bytes)
         if problem is not None:
             return problem
-        verdict = structure_of(fh.fileno(), claimed.pair.audio.name)
+        seen = claimed.seen
+        # The planner's verdict stands while the recording is as it saw it; a backfill's or a leftover's
+        # claim (or a file changed since) is checked here.
+        verdict = (
+            seen.verdict
+            if seen is not None and seen.signature == signature
+            else structure_of(fh.fileno(), claimed.pair.audio.name)
+        )
         if isinstance(verdict, Incomplete):
             # The planner claims an incomplete recording only once it stayed so for incomplete_timeout_seconds
             # (a backfill: at once); a leftover in work/ has no writer left either.
@@ -274,6 +282,9 @@ class Pipeline:
             idempotency_key=f"{prep.row.recording_id}-{prep.sha256}",
         )
         seconds = self.clock.monotonic() - started
+        # From the end of the body to the reply, where the client measures it: what a slower server shows in.
+        reply_wait = getattr(self.client, "reply_wait", None)
+        prep.reply_wait_s = reply_wait() if callable(reply_wait) else seconds
         if not isinstance(outcome, Accepted):
             if _signature(prep.fh) != prep.signature:
                 outcome = Unsettled(f"the recording changed during upload ({outcome_line(outcome)})")

@@ -6,6 +6,7 @@ scan (at start and every ``rescan_seconds``) is the truth.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import heapq
 import os
@@ -21,10 +22,10 @@ from typing import Any, cast
 import structlog
 
 from vocwatch.core import pairing
-from vocwatch.core.audio import Incomplete
+from vocwatch.core.audio import Incomplete, Seen
 from vocwatch.core.model import Clock, Pair
 from vocwatch.core.pairing import Key, Rules, printable
-from vocwatch.edges.audio import structure
+from vocwatch.edges.audio import structure_seen
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
 from vocwatch.edges.validate import open_for_writing
@@ -86,6 +87,7 @@ class Planner:
         self._handle_events = False  # inotify reports opens and closes (not polling, not unwatched)
         self._stop = threading.Event()
         self._incomplete_seen: dict[str, float] = {}  # recording -> stable_since of its last claim.incomplete
+        self._seen: Seen | None = None  # the structural verdict of the pair being claimed (_incomplete)
         self.scans = 0
         self.unannounced = 0
         self.last_progress = clock.monotonic()
@@ -313,7 +315,9 @@ class Planner:
         are missing is not claimed, but looked at again; once unchanged for incomplete_timeout_s it is claimed,
         and the pipeline fails it as truncated (or sends it, watch.truncated = "upload")."""
         entry = self._inbox.entries.get(audio)
-        verdict = structure(self._root / audio) if entry is not None else None
+        seen = structure_seen(self._root / audio) if entry is not None else None
+        self._seen = seen if isinstance(seen, Seen) else None
+        verdict = seen.verdict if isinstance(seen, Seen) else None
         if not isinstance(verdict, Incomplete) or entry is None:
             self._incomplete_seen.pop(audio, None)
             return False  # complete, or the structure cannot tell (the settle rule decides), or no safe open
@@ -341,8 +345,10 @@ class Planner:
         now = self._clock.monotonic()
         if any(self._inbox.entries[rel].settled_at(self._opts.rules) > now for rel in rels):
             return  # changed since it was found ready: the re-plan decides again
+        self._seen = None
         if self._incomplete(audio):
             return
+        seen = self._seen  # the verdict just made: the worker takes it instead of checking again
         key = pairing.group_key(audio)
         pair = Pair(PurePosixPath(audio), PurePosixPath(sidecar) if sidecar is not None else None)
         try:
@@ -368,6 +374,8 @@ class Planner:
             return
         if self._written_while_claimed(claimed, rels):
             return
+        if seen is not None:
+            claimed = dataclasses.replace(claimed, seen=seen)
         for rel in rels:
             self._inbox.forget(rel)
         self._pool.offer(claimed)  # has_room() was checked, and only this thread offers

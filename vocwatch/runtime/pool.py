@@ -18,13 +18,14 @@ from typing import Any
 import structlog
 
 from vocwatch.core.health import Worker, WorkerState
-from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Rejected, Unsettled
+from vocwatch.core.model import Accepted, AuthProblem, Clock, End, Rejected, Retry, Unsettled
 from vocwatch.edges.folders import Claimed
 from vocwatch.edges.ledger import StaleRowError
 from vocwatch.edges.ledgers import LedgerUnavailableError
 from vocwatch.runtime.errors import outcome_line
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pipeline import Pipeline, Prepared
+from vocwatch.runtime.slots import Slots
 from vocwatch.runtime.window import UploadWindow
 
 _STOP = object()
@@ -55,8 +56,10 @@ class Pool:
         on_idle: Callable[[], None] = lambda: None,
         on_done: Callable[[Claimed, End], None] = lambda c, s: None,
         window: UploadWindow | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.name = "pool"
+        self.slots = slots  # upload.workers = "auto": at most slots.limit of the workers take pairs
         self.window = window  # upload.window: outside it nothing new is taken, and no attempt starts
         self._pipeline = pipeline
         self._gate = gate
@@ -165,7 +168,7 @@ class Pool:
             return [
                 {"file": a.file, "recording_id": a.recording_id, "state": a.state}
                 for a in self._activity
-                if a.state != WorkerState.IDLE
+                if a.state not in (WorkerState.IDLE, WorkerState.PARKED)
             ]
 
     def stop(self, grace_s: float) -> int:
@@ -183,6 +186,8 @@ class Pool:
             return 0
         put_back = 0
         self._stopping.set()
+        if self.slots is not None:
+            self.slots.stop()  # the workers parked beyond the limit end at once
         self._gate.stop()
         self._pipeline.stop()  # a worker waiting for another process's recording stops waiting
         while True:
@@ -246,41 +251,55 @@ class Pool:
 
     def _work(self, i: int) -> None:
         while True:
-            self._mark(i, WorkerState.IDLE)
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            with self._lock:
-                self._queue_moved = self._clock.monotonic()
-                self._activity[i].file = str(item.pair.audio)
-            self._mark(i, WorkerState.WORKING)
-            state: End = End.ERROR
+            if self.slots is not None:
+                self._mark(i, WorkerState.PARKED)
+                if not self.slots.acquire():
+                    return
             try:
-                state = self._journey(i, item)
-            except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
-                if exc.errno == errno.ENAMETOOLONG:  # permanent: retrying meets the same name
-                    try:
-                        state = self._pipeline.fail_name_too_long(item, exc)
-                    except OSError as again:
-                        exc = again
-                if state == End.ERROR:
-                    self._log.error(
-                        "files.move_failed",
-                        file=str(item.pair.audio),
-                        error=f"{exc.strerror or exc} ({exc.filename or item.root})",
-                        fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
-                    )
-            except (StaleRowError, LedgerUnavailableError) as exc:
-                # Its row moved under us: a peer took it over (with its files, in the fleet), or the database
-                # went away at shutdown. Nothing is sent; what is left in work/ is decided again at a rescan.
-                self._log.info("claim.let_go", file=str(item.pair.audio), reason=str(exc))
-                state = End.RELEASED
-            except Exception:  # a bug must not kill the worker; the pair stays in work/ for recovery
-                self._log.exception("worker.error", file=str(item.pair.audio))
+                if not self._take(i):
+                    return
             finally:
-                self._forget(item)
-                self.on_done(item, state)
-                self.on_idle()
+                if self.slots is not None:
+                    self.slots.release()
+
+    def _take(self, i: int) -> bool:
+        """Take one pair from the queue and journey it; False at the stop sign."""
+        self._mark(i, WorkerState.IDLE)
+        item = self._queue.get()
+        if item is _STOP:
+            return False
+        with self._lock:
+            self._queue_moved = self._clock.monotonic()
+            self._activity[i].file = str(item.pair.audio)
+        self._mark(i, WorkerState.WORKING)
+        state: End = End.ERROR
+        try:
+            state = self._journey(i, item)
+        except OSError as exc:  # a full disk or lost permissions: nothing moved that was not safe
+            if exc.errno == errno.ENAMETOOLONG:  # permanent: retrying meets the same name
+                try:
+                    state = self._pipeline.fail_name_too_long(item, exc)
+                except OSError as again:
+                    exc = again
+            if state == End.ERROR:
+                self._log.error(
+                    "files.move_failed",
+                    file=str(item.pair.audio),
+                    error=f"{exc.strerror or exc} ({exc.filename or item.root})",
+                    fix="free space or fix permissions; the pair stays in work/ and is retried at the next rescan",
+                )
+        except (StaleRowError, LedgerUnavailableError) as exc:
+            # Its row moved under us: a peer took it over (with its files, in the fleet), or the database
+            # went away at shutdown. Nothing is sent; what is left in work/ is decided again at a rescan.
+            self._log.info("claim.let_go", file=str(item.pair.audio), reason=str(exc))
+            state = End.RELEASED
+        except Exception:  # a bug must not kill the worker; the pair stays in work/ for recovery
+            self._log.exception("worker.error", file=str(item.pair.audio))
+        finally:
+            self._forget(item)
+            self.on_done(item, state)
+            self.on_idle()
+        return True
 
     def _journey(self, i: int, claimed: Claimed) -> End:
         prepared = self._pipeline.prepare(claimed)
@@ -310,6 +329,8 @@ class Pool:
             except BaseException:
                 self._gate.release()  # a probe that raised must not keep every other worker waiting
                 raise
+            if self.slots is not None and prepared.reply_wait_s is not None:
+                self.slots.observe(prepared.reply_wait_s, outcome.status if isinstance(outcome, Retry) else None)
             self._mark(i, WorkerState.WORKING)
             newly_paused = self._gate.report(outcome)
             if isinstance(outcome, AuthProblem):
