@@ -295,7 +295,7 @@ class Daemon:
             recursive=watch.recursive,
             poll_interval_s=watch.poll_interval_seconds,
         )
-        expose_health(p.stats, gate=p.gate, watcher=self.watcher, workers=settings.upload.workers)
+        expose_health(p.stats, gate=p.gate, watcher=self.watcher, workers=settings.upload.threads)
         api = settings.api
         self.limits = Limits(
             loop_s=LOOP_STALL_S,
