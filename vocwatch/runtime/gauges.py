@@ -15,7 +15,7 @@ def expose_health(stats: Stats, *, gate: Gate, watcher: Watcher, workers: int) -
         lambda: gate.state().reopens_in,
     )
     # in_flight / workers is the utilisation; a pool always busy at its size wants more workers (or bandwidth).
-    stats.live("vocwatch_workers", "Upload threads (upload.workers, or upload.max_workers under \"auto\")", lambda: workers)
+    stats.live("vocwatch_workers", "Upload threads (upload.workers; upload.max_workers under auto)", lambda: workers)
     stats.live(
         "vocwatch_watcher_healthy",
         "1 while the watcher runs on the inbox that exists now; 0: new files wait for the rescan",
