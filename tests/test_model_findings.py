@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from support.fakes import Crash, CrashAt, MemoryUploader
 from support.world import World
 
 from vocwatch.core.model import Outcome, Rejected, Retry
-from vocwatch.core.states import FINAL, State
+from vocwatch.core.states import FINAL, Stage, State
+from vocwatch.edges.client import JobStatus
 from vocwatch.edges.effects import listening
 from vocwatch.runtime.gate import Gate
 from vocwatch.runtime.pool import Pool
@@ -233,3 +235,39 @@ def test_a_crash_in_the_middle_of_a_duplicates_move_to_done_still_ends_it_done(t
     _settle(world)
     assert world.files("inbox") == []
     assert world.files("done") == ["a.json", "a.wav", "a~1.json", "a~1.wav"]
+
+
+@pytest.mark.parametrize("final", ["completed", "failed"])
+@pytest.mark.parametrize("k", range(1, 9))
+def test_a_crash_while_settling_out_of_uploaded_leaves_the_row_where_the_files_are(
+    tmp_path: Path, k: int, final: str
+) -> None:
+    """Minimal example (the settle pass moved, then committed; a crash between left the row at uploaded/):
+    state.begin(stage=Stage.UPLOADED); state.drop(name='a.wav', rid='rec-1'); state.claim(...)
+    state.journey(script='accept'); state.poll(failed=False, fault=('crash', 4))
+    state.teardown()  # done/a.wav is there, and its row says "files not found in uploaded/"
+    Here the poll dies before each of its effects in turn; then the next start's polls settle the row.
+    """
+    world = World(tmp_path, done_stage=Stage.UPLOADED)
+    world.start()
+    world.drop("a.wav", "rec-1", _wav("1"))
+    claimed = world.claim(world.ready()[0])
+    assert claimed is not None
+    world.journey(claimed)
+    assert world.files("uploaded") == ["a.json", "a.wav"]
+    answer = JobStatus("?", final, None, "the audio was silent" if final == "failed" else None, {})
+    try:
+        with listening(CrashAt(k)):
+            world.poll(answer)
+    except Crash:
+        pass
+    world.crash()
+    world.start()
+    world.poll(answer)
+    world.crash()
+    stage = "done" if final == "completed" else "failed"
+    (row,) = _rows(world)
+    assert world.files("uploaded") == []
+    assert row.state == (State.DONE if final == "completed" else State.FAILED)
+    assert row.destination == str(world.stage(stage) / "a.wav"), (row.destination, row.last_error)
+    assert set(world.files(stage)) >= {"a.json", "a.wav"}

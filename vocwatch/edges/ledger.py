@@ -281,13 +281,13 @@ class Ledger:
             self._event(row.id, now, event or state, None if detail is None else str(detail))
             return self._get(row.id)
 
-    def note(self, row: Row, event: str, **fields: Any) -> Row:
+    def note(self, row: Row, event: str, detail: str | None = None, **fields: Any) -> Row:
         """Set ``fields`` on ``row`` in the state it was read in, durably: the intent of a step (a failure's
         or a duplicate's destination) is on disk before the files move. StaleRowError if it changed."""
         now = self._clock.time()
         with self._write(durable=True):
             self._cas(row, now, dict(fields))
-            detail = fields.get("destination") or fields.get("last_error")
+            detail = detail or fields.get("destination") or fields.get("last_error")
             self._event(row.id, now, event, None if detail is None else str(detail))
             return self._get(row.id)
 

@@ -513,7 +513,7 @@ class PgLedger:
 
         return self._run(write)
 
-    def note(self, row: Row, event: str, **fields: Any) -> Row:
+    def note(self, row: Row, event: str, detail: str | None = None, **fields: Any) -> Row:
         """Set ``fields`` on ``row`` in the state and holder it was read with (a failure's or a duplicate's
         destination, before its files move); StaleRowError if it changed (a peer took it over)."""
         _check(fields)
@@ -534,8 +534,8 @@ class PgLedger:
                 raise StaleRowError(
                     f"ledger row {row.id} ({row.recording_id}) is no longer {row.state} held by {row.holder}"
                 )
-            detail = fields.get("destination") or fields.get("last_error")
-            _event(conn, row.id, now, event, None if detail is None else str(detail))
+            said = detail or fields.get("destination") or fields.get("last_error")
+            _event(conn, row.id, now, event, None if said is None else str(said))
             return self._get(conn, row.id)
 
         return self._run(write)

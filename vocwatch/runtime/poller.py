@@ -192,13 +192,20 @@ class StatusPoller:
         self._ledger.update_job(row.id, next_poll_at=now + interval, poll_interval=interval)
 
     def _settle_files(self, row: Row, log: Any) -> None:
-        """A row in ``uploaded`` whose job ended: move its pair from uploaded/ to done/ or failed/."""
+        """A row in ``uploaded`` whose job ended: move its pair from uploaded/ to done/ or failed/. The
+        planned destination is noted (durably) before the files move, so a crash between the move and the
+        row's end finds them there; the row then ends where they are, never at the stale uploaded/ path."""
         root = self._folders.stages[Stage.UPLOADED]
         audio = Path(row.destination) if row.destination else None
+        planned = self._planned(row)
         claimed = None
         if audio is not None and audio.is_relative_to(root) and os.path.lexists(audio):
             rel = PurePosixPath(audio.relative_to(root).as_posix())
-            claimed = self._folders.with_sidecar_ahead(Claimed(Pair(rel, None), root, root), audio)
+            claimed = Claimed(Pair(rel, None), root, root)
+            # A sidecar still beside it, or one that went ahead to the planned destination before a crash.
+            claimed = self._folders.with_sidecar_ahead(claimed, audio)
+            if planned is not None:
+                claimed = self._folders.with_sidecar_ahead(claimed, planned)
         seen = RowSeen(in_work=False, destination=Stage.UPLOADED if claimed is not None else None, mine=True)
         step = decide_row(row, seen, self._done_action)
         if step == RowStep.KEEP:
@@ -211,11 +218,18 @@ class StatusPoller:
             self._ledger.transition(row, State.DONE, event="deleted", destination=None)
             log.info("files.deleted", note="job completed; folders.done_action = delete")
             return
+        arrived = claimed is None and planned is not None and os.path.lexists(planned)
         if step == RowStep.SETTLE_DONE:
+            if arrived:  # moved before a crash took the row's end: it ends where the files are
+                self._ledger.transition(row, State.DONE, destination=str(planned))
+                return
             if claimed is None:  # moved by hand: the row still ends, and says where it was
                 self._ledger.transition(row, State.DONE, last_error="files not found in uploaded/")
                 return
-            dest = self._folders.finish(claimed, Stage.DONE, sub=self._done_folder(row))
+            if planned is None:
+                planned = self._folders.plan_destination(claimed, Stage.DONE, sub=self._done_folder(row))
+                row = self._ledger.note(row, "settling", detail=str(planned))
+            dest = self._folders.finish(claimed, Stage.DONE, planned)
             self._ledger.transition(row, State.DONE, destination=str(dest))
             return
         if row.job_status == JobState.UNKNOWN:
@@ -225,11 +239,23 @@ class StatusPoller:
                 Reason.JOB_FAILED, f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
             )
         fields = {"last_error": f"{problem.code}: {problem.message}"}
-        if claimed is not None:
-            error = error_document(
+        if arrived:
+            fields["destination"] = str(planned)
+        elif claimed is not None:
+            error: dict[str, Any] | None = error_document(
                 claimed.pair.audio.name, claimed.pair.sidecar, row.recording_id, problem, self._clock, job_id=row.job_id
             )
-            fields["destination"] = str(self._folders.finish(claimed, Stage.FAILED, error=error))
+            if planned is None:
+                planned = self._folders.plan_destination(claimed, Stage.FAILED, with_error=True)
+                row = self._ledger.note(row, "settling", detail=str(planned))
+            if os.path.lexists(planned.with_name(planned.stem + ".error.json")):
+                error = None  # written before the crash that stopped this move: never overwritten
+            fields["destination"] = str(self._folders.finish(claimed, Stage.FAILED, planned, error=error))
         self._ledger.transition(row, State.FAILED, **fields)
         self._on_failed(problem.code)
         log.warning("files.job_failed", reason=problem.code, destination=fields.get("destination"))
+
+    def _planned(self, row: Row) -> Path | None:
+        """Where an earlier settle pass of ``row`` said its files would go (its last "settling" event)."""
+        noted = [detail for _, event, detail in self._ledger.events(row.id) if event == "settling" and detail]
+        return Path(noted[-1]) if noted else None
