@@ -127,6 +127,17 @@ def test_bad_input_changes_nothing(
     assert sorted(p.name for p in config.parent.iterdir()) == ["config.toml"]
 
 
+def test_a_key_file_that_is_not_utf8_is_refused_with_65_and_changes_nothing(tmp_path: Path) -> None:
+    config, key_path = site(tmp_path)
+    before = config.read_bytes()
+    key_file = tmp_path / "key-utf16"
+    key_file.write_bytes("some-key".encode("utf-16"))  # what a Windows editor saves
+    done = setup(config, key_path, "--tenant", TENANT, "--key-file", str(key_file))
+    assert done.returncode == 65, done.stdout + done.stderr
+    assert done.stderr.startswith("vocwatch setup: ") and "alone on one line" in done.stderr, done.stderr
+    assert config.read_bytes() == before and not key_path.exists()
+
+
 def test_not_root_with_the_package_paths_exits_77(
     tmp_path: Path, api_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -122,7 +122,8 @@ def _ask(args: argparse.Namespace, current: str | None) -> Answers:
         raw = sys.stdin.read()
     elif args.key_file is not None:
         try:
-            raw = Path(args.key_file).read_text(encoding="utf-8")
+            # Not UTF-8 (a UTF-16 editor): U+FFFD, which key_problem refuses below (65), never a traceback.
+            raw = Path(args.key_file).read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise SetupError(EX_NOINPUT, f"cannot read the key file {args.key_file}: {exc.strerror}") from None
     elif interactive:

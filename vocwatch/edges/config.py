@@ -316,7 +316,8 @@ def resolve_api_key(settings: Settings) -> SecretStr | None:
         candidates.append(settings.api.api_key_file)
     for candidate in candidates:
         try:
-            value = candidate.read_text(encoding="utf-8").strip()
+            # Not UTF-8 (a UTF-16 editor): U+FFFD makes it a key that cannot be sent, refused as such, never a crash.
+            value = candidate.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             continue
         if value:
