@@ -146,6 +146,11 @@ def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, s
     root.addHandler(_ToStructlog())
     if not console:  # a crash off a terminal is one JSON line too (with its traceback), not plain text
         sys.excepthook = _log_uncaught
+        # A thread's crash and warnings.warn print plain text too. Python's own thread hook only: a test
+        # runner's (pytest's) stays, so that it still fails a test whose thread crashed.
+        if threading.excepthook is threading.__excepthook__:
+            threading.excepthook = _log_thread_crash
+        logging.captureWarnings(True)  # as library.log events of the logger py.warnings, level warning
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -154,6 +159,14 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
         sys.__excepthook__(kind, exc, tb)
         return
     structlog.get_logger().critical("process.crashed", exc_info=(kind, exc, tb))
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook off a terminal: a thread's uncaught exception as ``thread.crashed`` (critical)."""
+    if issubclass(args.exc_type, SystemExit):  # as Python's own hook: a thread may end itself this way
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    structlog.get_logger().critical("thread.crashed", thread=getattr(args.thread, "name", None), exc_info=exc_info)
 
 
 class _ToStructlog(logging.Handler):
