@@ -55,10 +55,21 @@ def test_every_command_and_option_says_what_it_does() -> None:
 
 def test_an_unknown_state_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
     result = vocwatch("ledger", "list", "--state", "sent", "--config", str(tmp_path / "none.toml"))
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == os.EX_USAGE and result.stdout == ""
     assert "invalid choice: 'sent'" in result.stderr
     for state in State:
         assert f"'{state}'" in result.stderr
+
+
+def test_a_usage_error_off_a_terminal_exits_64_in_one_json_line() -> None:
+    # A typo in a drop-in's ExecStart: argparse's 2 is not in RestartPreventExitStatus, so systemd restarted
+    # it every 5 s forever, with a plain usage text at priority info; 64 (EX_USAGE) is, and the line says why.
+    result = vocwatch("run", "--confg", "/etc/vocwatch/config.toml")
+    assert result.returncode == os.EX_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    error = json.loads(line)
+    assert error["event"] == "usage.invalid" and error["level"] == "error", error
+    assert "unrecognized arguments: --confg" in error["message"] and "--help" in error["message"]
 
 
 @pytest.fixture
