@@ -102,6 +102,31 @@ def test_an_api_that_does_not_answer_fails_with_69(tmp_path: Path, api_key: str)
     assert api_key not in done.stdout + done.stderr
 
 
+def test_a_base_url_that_is_not_the_api_is_not_called_a_refused_key(
+    tmp_path: Path, sim: Simulator, api_key: str
+) -> None:
+    # A path too many: /health answers 404 as well as the key probe; the key was never the problem.
+    config, key_path = site(tmp_path)
+    url = sim.url + "/v2"
+    done = setup(config, key_path, "--tenant", TENANT, "--base-url", url, "--key-file", "-", stdin=api_key)
+    assert done.returncode == 69, done.stdout + done.stderr
+    assert "FAIL  api health" in done.stdout and "check api.base_url (--base-url)" in done.stderr, done.stderr
+    assert "refused the key" not in done.stderr
+
+
+def test_a_config_that_is_a_symlink_is_edited_where_it_points(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    # /etc/vocwatch/config.toml kept by configuration management elsewhere: the link must stay a link.
+    config, key_path = site(tmp_path)
+    managed = tmp_path / "managed.toml"
+    config.rename(managed)
+    config.symlink_to(managed)
+    done = setup(config, key_path, "--tenant", TENANT, "--base-url", sim.url, "--key-file", "-", stdin=api_key)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert config.is_symlink() and config.resolve() == managed
+    assert tomllib.loads(managed.read_text())["api"]["tenant_id"] == TENANT
+    assert stat.S_IMODE(managed.stat().st_mode) == 0o640
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "status", "message"),
     [

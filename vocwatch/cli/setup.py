@@ -82,7 +82,8 @@ def _setup(args: argparse.Namespace) -> int:
     api = document.get("api")
     current = api.get("tenant_id") if isinstance(api, dict) else None
     answers = _ask(args, str(current) if current else None)
-    _write_config(config, document, answers)
+    # A symlink (configuration management's) stays one: the file it points to is the one rewritten.
+    _write_config(config.resolve(), document, answers)
     print(f"vocwatch setup: wrote api.tenant_id = {answers.tenant!r} to {config}")
     if answers.base_url:
         print(f"vocwatch setup: wrote api.base_url = {answers.base_url!r} to {config}")
@@ -223,9 +224,12 @@ def _failed(outcomes: dict[str, Outcome], failed: list[Outcome], config: Path, t
     names = ", ".join(o.name for o in failed)
     again = f"{config} and the key are written: fix it, then run vocwatch setup again"
     accepted = outcomes.get("api key accepted")
-    if accepted is not None and not accepted.ok and accepted.detail.startswith("refused"):
+    detail = accepted.detail if accepted is not None and not accepted.ok else ""
+    healthy = outcomes["api health"].ok
+    # A 404 with /health failing too is a base URL that is not the API, not a refused key.
+    if detail.startswith(("refused: HTTP 401", "refused: HTTP 403")) or (healthy and detail.startswith("refused")):
         status, why = EX_NOPERM, f"the API refused the key for tenant {tenant}: check the key and --tenant"
-    elif not outcomes["api health"].ok:
+    elif not healthy:
         status, why = (
             EX_UNAVAILABLE,
             "the API did not answer: check api.base_url (--base-url), the network and the proxy",
