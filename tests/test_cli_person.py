@@ -117,6 +117,18 @@ def test_status_of_an_unknown_job_says_not_found_and_exits_66(delivered: tuple[s
     assert known.returncode == 0 and json.loads(known.stdout)["id"] == job
 
 
+def test_status_without_a_key_is_a_config_error_not_a_refused_key(delivered: tuple[str, str]) -> None:
+    # No key was sent, so no API refused one: it said "the API refused the key (HTTP 0 ...)" and exited 77.
+    config, job = delivered
+    env = {k: v for k, v in os.environ.items() if k not in ("VOCWATCH_API_KEY", "CRESCENDO_API_KEY")}
+    result = vocwatch("status", job, "--config", config, env=env)
+    assert result.returncode == os.EX_CONFIG, result.stderr
+    [line] = result.stderr.splitlines()
+    problem = json.loads(line)
+    assert problem["event"] == "config.invalid" and "api key: none found; looked in" in problem["message"]
+    assert "refused" not in result.stderr
+
+
 def _run_on_a_terminal(args: list[str], timeout: float = 90) -> tuple[int, str]:
     """Run vocwatch with stdin, stdout and stderr on a pseudo-terminal: its exit status and everything shown."""
     pid, fd = pty.fork()
