@@ -226,3 +226,39 @@ def test_keep_sources_copies_across_file_systems(spool: Spool, sim: Simulator, m
         done = spool.done / "2025/k1.wav"
         assert done.read_bytes() == before["2025/k1.wav"][0]
         assert done.stat().st_dev != backlog.stat().st_dev
+
+
+def test_keep_sources_with_a_source_deleted_midway_sends_the_rest_and_names_it(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its producer deletes a.wav after vocwatch listed the folder, before it was linked: that was a traceback.
+    from vocwatch.cli import upload
+    from vocwatch.cli.main import main
+    from vocwatch.edges.config import Settings
+
+    make_settings()
+    backlog = tmp_path / "kept"
+    drop(backlog, "a.wav", "gone-a")
+    drop(backlog, "b.wav", "kept-b")
+    listed = upload._batches
+
+    def then_deleted(
+        paths: list[Path], settings: Settings
+    ) -> Iterator[tuple[Path, list[upload.Pair], list[upload.Expired]]]:
+        batches = list(listed(paths, settings))
+        (backlog / "a.wav").unlink()
+        yield from batches
+
+    monkeypatch.setattr(upload, "_batches", then_deleted)
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        code = main(
+            ["upload", "--keep-sources", "--no-progress", "--config", str(tmp_path / "config.toml"), str(backlog)]
+        )
+    said = err.read_text()
+    assert code == 1 and "Traceback" not in said, said
+    assert f"{backlog / 'a.wav'}: gone before it could be sent" in said, said
+    assert [r.metadata["id"] for r in sim.state.received] == ["kept-b"]
+    assert sorted(p.name for p in backlog.iterdir()) == ["a.json", "b.json", "b.wav"]  # the sources, as they were
+    assert spool.files(spool.done) == ["b.json", "b.wav"] and spool.files(spool.failed) == []
