@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from conftest import Spool, drop, running, wait_for
 
 from vocwatch.cli.main import _parser
@@ -251,11 +253,19 @@ def test_keep_sources_with_a_source_deleted_midway_sends_the_rest_and_names_it(
 
     monkeypatch.setattr(upload, "_batches", then_deleted)
     err = tmp_path / "stderr"
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() sets its own off a terminal: restored after
     with err.open("w") as stderr:
         monkeypatch.setattr(sys, "stderr", stderr)
-        code = main(
-            ["upload", "--keep-sources", "--no-progress", "--config", str(tmp_path / "config.toml"), str(backlog)]
-        )
+        try:
+            code = main(
+                ["upload", "--keep-sources", "--no-progress", "--config", str(tmp_path / "config.toml"), str(backlog)]
+            )
+        finally:  # main() pointed the logs at this file: undo that before it closes, for the tests that follow
+            structlog.reset_defaults()
+            logging.captureWarnings(False)
+            root = logging.getLogger()
+            for handler in [h for h in root.handlers if type(h).__name__ == "_ToStructlog"]:
+                root.removeHandler(handler)
     said = err.read_text()
     assert code == 1 and "Traceback" not in said, said
     assert f"{backlog / 'a.wav'}: gone before it could be sent" in said, said
