@@ -190,3 +190,23 @@ def test_what_python_itself_prints_is_one_json_line_off_a_terminal_too(
     logged = json.loads(line)
     assert logged["event"] == event and logged["level"] == level, logged
     assert text in json.dumps(logged), logged
+
+
+def test_a_list_or_a_mapping_in_an_event_stays_json_and_is_scrubbed_inside(
+    pipe: tuple[TextIO, TextIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # upload.abandoned's uploads were one string of Python repr ("[{'file': ..., <WorkerState.SENDING: ...>}]"),
+    # which jq cannot read; a key inside one was not scrubbed as a string of its own.
+    from vocwatch.edges.logs import SCRUB
+    from vocwatch.runtime.pool import WorkerState
+
+    reader, writer = pipe
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    SCRUB.add("sekrit-key-123")
+    configure("info", "json", stream=writer)
+    uploads = [{"file": "a.wav", "state": WorkerState.SENDING, "note": "sent with sekrit-key-123"}]
+    structlog.get_logger().warning("upload.abandoned", uploads=uploads, sizes=(1, 2))
+    [line] = lines_of(reader, writer)
+    event = json.loads(line)
+    assert event["uploads"] == [{"file": "a.wav", "state": "sending", "note": "sent with [redacted]"}], event
+    assert event["sizes"] == [1, 2]

@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
+from enum import Enum
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -48,14 +49,21 @@ class Scrubber:
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in list(event.items()):
-            if not isinstance(value, str):
-                value = value if isinstance(value, int | float | bool | type(None)) else str(value)
-            if isinstance(value, str):
-                value = self.clean(value)
-                if self.redact_digits and key not in _NEVER_REDACTED:
-                    value = redact_digits(value)
-            event[key] = value
+            event[key] = self._value(key, value)
         return event
+
+    def _value(self, key: str, value: Any) -> Any:
+        """JSON's own types stay (lists and mappings too, scrubbed inside); an enum is its value; else a string."""
+        if isinstance(value, Enum):
+            value = value.value
+        if isinstance(value, Mapping):
+            return {str(k): self._value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._value(key, v) for v in value]
+        if isinstance(value, int | float | bool | type(None)):
+            return value
+        text = self.clean(str(value))
+        return redact_digits(text) if self.redact_digits and key not in _NEVER_REDACTED else text
 
 
 def redact_digits(text: str) -> str:
