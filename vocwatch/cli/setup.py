@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from vocwatch.cli.common import (
     PACKAGE_KEY,
 )
 from vocwatch.edges.client import key_problem
-from vocwatch.edges.config import ConfigError, load_settings
+from vocwatch.edges.config import TENANT_PATTERN, ConfigError, load_settings
 from vocwatch.edges.logs import configure
 
 NEXT = "systemctl enable --now vocwatch"
@@ -119,6 +120,12 @@ def _ask(args: argparse.Namespace, current: str | None) -> Answers:
         tenant = input(f"Crescendo tenant id{shown}: ").strip() or current
     if not tenant:
         raise SetupError(EX_USAGE, "no tenant: give --tenant ID (or run it on a terminal to be asked)")
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise SetupError(
+            EX_USAGE,
+            f"tenant id {tenant!r}: only letters, digits, '.', '_' and '-' (the id Crescendo gave you); "
+            "nothing was written",
+        )
     if args.key_file == "-":
         raw = sys.stdin.read()
     elif args.key_file is not None:
