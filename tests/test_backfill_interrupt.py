@@ -102,3 +102,53 @@ def test_backfill_killed_midway_recovers_its_own_work_folder_at_the_next_run(
     assert spool.files(work) == [] and spool.files(backlog) == []
     assert (spool.inbox / "orphan.json").exists()
     delivered_once(spool, sim)  # the same Idempotency-Key makes a send the kill cut short count once
+
+
+def test_a_killed_keep_sources_backfill_rerun_reports_no_failure_that_did_not_happen(
+    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any]
+) -> None:
+    # Its sources stay, so the rerun lists again what its work folder still holds: it counted those twice
+    # and said "4 not" with exit 1, although every recording was delivered.
+    settings = make_settings(upload__workers=2)
+    config = tmp_path / "config.toml"
+    work = settings.folders.work_root / f"{settings.instance}-upload"
+    backlog = backlog_of(tmp_path / "backlog")
+    sim.state.faults.latency_s = 0.5
+    first = keep_sources_upload(config, backlog, tmp_path / "first.log")
+    wait_for(lambda: sim.state.requests >= 2, what="two uploads in flight")
+    first.kill()
+    first.wait(timeout=30)
+    assert [f for f in spool.files(work) if f.endswith(".wav")], "nothing was claimed before the kill"
+
+    sim.state.faults.latency_s = 0.0
+    second = keep_sources_upload(config, backlog, tmp_path / "second.log")
+    status = second.wait(timeout=60)
+    log = (tmp_path / "second.log").read_text()
+    assert status == 0, log
+    assert f"vocwatch upload: {len(RECORDINGS)} uploaded, 0 not" in log, log
+    assert len([f for f in spool.files(backlog) if f.endswith(".wav")]) == len(RECORDINGS)  # kept
+    delivered_once(spool, sim)
+
+
+def test_two_folders_with_the_same_file_names_are_both_sent(
+    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any]
+) -> None:
+    # a/call.wav and b/call.wav: the second claim found the first still in work/, was dropped without a word,
+    # and the run ended "1 uploaded, 1 not" (exit 1) with b/call.wav never sent.
+    make_settings(upload__workers=2)
+    sim.state.faults.latency_s = 0.3  # the first is still in flight when the second is claimed
+    for folder in ("a", "b"):
+        drop(tmp_path / folder, "call.wav", f"call-{folder}")
+    command = [sys.executable, "-m", "vocwatch", "upload", "--no-progress", "--config", str(tmp_path / "config.toml")]
+    done = subprocess.run(
+        [*command, str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vocwatch upload: 2 uploaded, 0 not" in done.stderr
+    assert sorted(r.metadata["id"] for r in sim.state.received) == ["call-a", "call-b"]
+
+
+def keep_sources_upload(config: Path, folder: Path, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "vocwatch", "upload", "--no-progress", "--keep-sources", "--config", str(config)]
+    with log.open("w") as out:
+        return subprocess.Popen([*command, str(folder)], stdout=out, stderr=subprocess.STDOUT)

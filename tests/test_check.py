@@ -11,7 +11,7 @@ from secrets import token_hex
 from typing import Any
 
 import pytest
-from conftest import TENANT, Spool
+from conftest import TENANT, Spool, drop, running, wait_for
 
 from vocwatch.edges import watcher
 from vocwatch.testing.simulator import SimState, Simulator
@@ -221,3 +221,22 @@ def test_a_bad_months_key_exits_78_naming_it(config: Any, api_key: str, tmp_path
     [problem] = [json.loads(line) for line in done.stderr.splitlines()]
     assert problem["event"] == "config.invalid"
     assert 'upload.bandwidth: "20 MB" is not a rate; write 20M' in problem["message"]
+
+
+def test_a_key_file_that_is_not_utf8_is_a_key_that_cannot_be_sent_not_a_crash(
+    config: Any, spool: Spool, make_settings: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Say, a key saved as UTF-16 by a Windows editor: the daemon crashed (exit 1) before this, so systemd
+    # restarted it every 5 s forever; now it is the same refusal as a key with a space (no restart can fix it).
+    key_file = tmp_path / "api-key"
+    key_file.write_bytes("sim-key".encode("utf-16"))
+    monkeypatch.delenv("VOCWATCH_API_KEY")
+    code, results = check("--config", config(api__api_key_file=key_file), "--online", secrets=())
+    assert code == 1
+    for name in ("api key", "api key accepted"):
+        status, detail = results[name]
+        assert status == "FAIL" and "alone on one line" in detail, (name, detail)
+    settings = make_settings(api__api_key_file=key_file)
+    with running(settings) as daemon:  # it starts, and pauses uploads on the key instead of dying
+        drop(spool.inbox, "call-1.wav")
+        wait_for(lambda: daemon.parts.gate.state().auth_paused, what="uploads paused on the key")

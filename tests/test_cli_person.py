@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from conftest import Spool, drop, running, wait_for
 
 from vocwatch.cli.main import _parser
@@ -55,10 +57,21 @@ def test_every_command_and_option_says_what_it_does() -> None:
 
 def test_an_unknown_state_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
     result = vocwatch("ledger", "list", "--state", "sent", "--config", str(tmp_path / "none.toml"))
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == os.EX_USAGE and result.stdout == ""
     assert "invalid choice: 'sent'" in result.stderr
     for state in State:
         assert f"'{state}'" in result.stderr
+
+
+def test_a_usage_error_off_a_terminal_exits_64_in_one_json_line() -> None:
+    # A typo in a drop-in's ExecStart: argparse's 2 is not in RestartPreventExitStatus, so systemd restarted
+    # it every 5 s forever, with a plain usage text at priority info; 64 (EX_USAGE) is, and the line says why.
+    result = vocwatch("run", "--confg", "/etc/vocwatch/config.toml")
+    assert result.returncode == os.EX_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    error = json.loads(line)
+    assert error["event"] == "usage.invalid" and error["level"] == "error", error
+    assert "unrecognized arguments: --confg" in error["message"] and "--help" in error["message"]
 
 
 @pytest.fixture
@@ -104,6 +117,18 @@ def test_status_of_an_unknown_job_says_not_found_and_exits_66(delivered: tuple[s
     assert "job job-voc-nope not found" in result.stderr and "Traceback" not in result.stderr
     known = vocwatch("status", job, "--config", config)
     assert known.returncode == 0 and json.loads(known.stdout)["id"] == job
+
+
+def test_status_without_a_key_is_a_config_error_not_a_refused_key(delivered: tuple[str, str]) -> None:
+    # No key was sent, so no API refused one: it said "the API refused the key (HTTP 0 ...)" and exited 77.
+    config, job = delivered
+    env = {k: v for k, v in os.environ.items() if k not in ("VOCWATCH_API_KEY", "CRESCENDO_API_KEY")}
+    result = vocwatch("status", job, "--config", config, env=env)
+    assert result.returncode == os.EX_CONFIG, result.stderr
+    [line] = result.stderr.splitlines()
+    problem = json.loads(line)
+    assert problem["event"] == "config.invalid" and "api key: none found; looked in" in problem["message"]
+    assert "refused" not in result.stderr
 
 
 def _run_on_a_terminal(args: list[str], timeout: float = 90) -> tuple[int, str]:
@@ -203,3 +228,47 @@ def test_keep_sources_copies_across_file_systems(spool: Spool, sim: Simulator, m
         done = spool.done / "2025/k1.wav"
         assert done.read_bytes() == before["2025/k1.wav"][0]
         assert done.stat().st_dev != backlog.stat().st_dev
+
+
+def test_keep_sources_with_a_source_deleted_midway_sends_the_rest_and_names_it(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its producer deletes a.wav after vocwatch listed the folder, before it was linked: that was a traceback.
+    from vocwatch.cli import upload
+    from vocwatch.cli.main import main
+    from vocwatch.edges.config import Settings
+
+    make_settings()
+    backlog = tmp_path / "kept"
+    drop(backlog, "a.wav", "gone-a")
+    drop(backlog, "b.wav", "kept-b")
+    listed = upload._batches
+
+    def then_deleted(
+        paths: list[Path], settings: Settings
+    ) -> Iterator[tuple[Path, list[upload.Pair], list[upload.Expired]]]:
+        batches = list(listed(paths, settings))
+        (backlog / "a.wav").unlink()
+        yield from batches
+
+    monkeypatch.setattr(upload, "_batches", then_deleted)
+    err = tmp_path / "stderr"
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() sets its own off a terminal: restored after
+    with err.open("w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        try:
+            code = main(
+                ["upload", "--keep-sources", "--no-progress", "--config", str(tmp_path / "config.toml"), str(backlog)]
+            )
+        finally:  # main() pointed the logs at this file: undo that before it closes, for the tests that follow
+            structlog.reset_defaults()
+            logging.captureWarnings(False)
+            root = logging.getLogger()
+            for handler in [h for h in root.handlers if type(h).__name__ == "_ToStructlog"]:
+                root.removeHandler(handler)
+    said = err.read_text()
+    assert code == 1 and "Traceback" not in said, said
+    assert f"{backlog / 'a.wav'}: gone before it could be sent" in said, said
+    assert [r.metadata["id"] for r in sim.state.received] == ["kept-b"]
+    assert sorted(p.name for p in backlog.iterdir()) == ["a.json", "b.json", "b.wav"]  # the sources, as they were
+    assert spool.files(spool.done) == ["b.json", "b.wav"] and spool.files(spool.failed) == []

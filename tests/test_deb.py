@@ -105,7 +105,9 @@ def test_maintainer_scripts_make_the_user_then_the_spool_and_never_start_the_ser
     assert enables == ["deb-systemd-helper enable 'vocwatch.service' >/dev/null || true"]
     assert "was-enabled" in postinst
     postrm = (control / "postrm").read_text()
-    assert 'find "$SPOOL" -depth -type d -empty -delete' in postrm and 'rm -rf "$SPOOL"' not in postrm
+    # Empty folders only, on the spool's own file system, never the mount point itself (its life: test_systemd).
+    assert 'find "$SPOOL" -xdev -mindepth 1 -depth -type d -empty ! -name lost+found -delete' in postrm
+    assert 'rm -rf "$SPOOL"' not in postrm
 
 
 def test_the_packaged_vocwatch_runs_from_its_venv(tree: Path) -> None:

@@ -161,3 +161,52 @@ def test_a_crash_off_a_terminal_is_one_json_line_with_its_traceback(tmp_path: Pa
     crash = json.loads(line)
     assert crash["event"] == "process.crashed" and crash["level"] == "critical"
     assert "RuntimeError: boom" in crash["exception"] and "deep" in crash["exception"]
+
+
+@pytest.mark.parametrize(
+    ("code", "event", "level", "text"),
+    [
+        (
+            "import threading\ndef deep():\n    raise RuntimeError('boom')\n"
+            "t = threading.Thread(target=deep, name='planner')\nt.start()\nt.join()\n",
+            "thread.crashed",
+            "critical",
+            "RuntimeError: boom",
+        ),
+        ("import warnings\nwarnings.warn('a library is unhappy', UserWarning)\n", "library.log", "warning", "unhappy"),
+    ],
+    ids=["exception_in_a_thread", "warnings_module"],
+)
+def test_what_python_itself_prints_is_one_json_line_off_a_terminal_too(
+    code: str, event: str, level: str, text: str
+) -> None:
+    # A daemon thread's crash and a library's warnings.warn went to stderr as plain text: priority info in the
+    # journal (invisible to journalctl -p err) and lines the README's jq recipes cannot read.
+    script = "from vocwatch.edges.logs import configure\nconfigure('info', 'auto')\n" + code
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "JOURNAL_STREAM")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == event and logged["level"] == level, logged
+    assert text in json.dumps(logged), logged
+
+
+def test_a_list_or_a_mapping_in_an_event_stays_json_and_is_scrubbed_inside(
+    pipe: tuple[TextIO, TextIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # upload.abandoned's uploads were one string of Python repr ("[{'file': ..., <WorkerState.SENDING: ...>}]"),
+    # which jq cannot read; a key inside one was not scrubbed as a string of its own.
+    from vocwatch.edges.logs import SCRUB
+    from vocwatch.runtime.pool import WorkerState
+
+    reader, writer = pipe
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    SCRUB.add("sekrit-key-123")
+    configure("info", "json", stream=writer)
+    uploads = [{"file": "a.wav", "state": WorkerState.SENDING, "note": "sent with sekrit-key-123"}]
+    structlog.get_logger().warning("upload.abandoned", uploads=uploads, sizes=(1, 2))
+    [line] = lines_of(reader, writer)
+    event = json.loads(line)
+    assert event["uploads"] == [{"file": "a.wav", "state": "sending", "note": "sent with [redacted]"}], event
+    assert event["sizes"] == [1, 2]

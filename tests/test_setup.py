@@ -102,6 +102,31 @@ def test_an_api_that_does_not_answer_fails_with_69(tmp_path: Path, api_key: str)
     assert api_key not in done.stdout + done.stderr
 
 
+def test_a_base_url_that_is_not_the_api_is_not_called_a_refused_key(
+    tmp_path: Path, sim: Simulator, api_key: str
+) -> None:
+    # A path too many: /health answers 404 as well as the key probe; the key was never the problem.
+    config, key_path = site(tmp_path)
+    url = sim.url + "/v2"
+    done = setup(config, key_path, "--tenant", TENANT, "--base-url", url, "--key-file", "-", stdin=api_key)
+    assert done.returncode == 69, done.stdout + done.stderr
+    assert "FAIL  api health" in done.stdout and "check api.base_url (--base-url)" in done.stderr, done.stderr
+    assert "refused the key" not in done.stderr
+
+
+def test_a_config_that_is_a_symlink_is_edited_where_it_points(tmp_path: Path, sim: Simulator, api_key: str) -> None:
+    # /etc/vocwatch/config.toml kept by configuration management elsewhere: the link must stay a link.
+    config, key_path = site(tmp_path)
+    managed = tmp_path / "managed.toml"
+    config.rename(managed)
+    config.symlink_to(managed)
+    done = setup(config, key_path, "--tenant", TENANT, "--base-url", sim.url, "--key-file", "-", stdin=api_key)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert config.is_symlink() and config.resolve() == managed
+    assert tomllib.loads(managed.read_text())["api"]["tenant_id"] == TENANT
+    assert stat.S_IMODE(managed.stat().st_mode) == 0o640
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "status", "message"),
     [
@@ -111,8 +136,9 @@ def test_an_api_that_does_not_answer_fails_with_69(tmp_path: Path, api_key: str)
         (["--key-file", "-"], "some-key", 64, "no tenant: give --tenant ID"),
         (["--tenant", TENANT], "", 64, "no key: give --key-file PATH"),
         (["--tenant", TENANT, "--base-url", "ftp:nowhere", "--key-file", "-"], "some-key", 78, "api.base_url"),
+        (["--tenant", "acme corp", "--key-file", "-"], "some-key", 64, "tenant id 'acme corp': only letters"),
     ],
-    ids=["key_with_a_space", "empty_key", "missing_key_file", "no_tenant", "no_key", "bad_base_url"],
+    ids=["key_with_a_space", "empty_key", "missing_key_file", "no_tenant", "no_key", "bad_base_url", "bad_tenant"],
 )
 def test_bad_input_changes_nothing(
     tmp_path: Path, args: list[str], stdin: str, status: int, message: str, api_key: str
@@ -125,6 +151,17 @@ def test_bad_input_changes_nothing(
     assert "two words" not in done.stdout + done.stderr and "some-key" not in done.stdout + done.stderr
     assert config.read_bytes() == before and not key_path.exists()
     assert sorted(p.name for p in config.parent.iterdir()) == ["config.toml"]
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_with_65_and_changes_nothing(tmp_path: Path) -> None:
+    config, key_path = site(tmp_path)
+    before = config.read_bytes()
+    key_file = tmp_path / "key-utf16"
+    key_file.write_bytes("some-key".encode("utf-16"))  # what a Windows editor saves
+    done = setup(config, key_path, "--tenant", TENANT, "--key-file", str(key_file))
+    assert done.returncode == 65, done.stdout + done.stderr
+    assert done.stderr.startswith("vocwatch setup: ") and "alone on one line" in done.stderr, done.stderr
+    assert config.read_bytes() == before and not key_path.exists()
 
 
 def test_not_root_with_the_package_paths_exits_77(

@@ -255,3 +255,14 @@ def test_a_method_the_contract_does_not_list_is_405_with_allow(sim: Simulator, a
     assert head.status_code == 405 and head.content == b""
     assert httpx.request("PATCH", f"{sim.url}/nowhere").status_code == 404
     assert httpx.get(f"{sim.url}/health").json() == {"status": "ok"}  # the connection pool survived all that
+
+
+def test_a_bearer_token_with_its_name_percent_encoded_is_masked_too(sim: Simulator, api_key: str) -> None:
+    # bearer%5Ftoken is bearer_token once decoded, and the simulator accepts it: the mask must decode too.
+    sim.state.access_log, sim.state.log = True, io.StringIO()
+    for name in ("bearer%5Ftoken", "bearer_%74oken"):
+        reply = httpx.get(f"{sim.url}{UPLOAD}/j/status?{name}={api_key}&x=1")
+        assert reply.status_code == 404, reply.text  # authorized: only the job is unknown
+    logged = [json.loads(line) for line in sim.state.log.getvalue().splitlines()]
+    assert len(logged) == 2 and all("%5Bredacted%5D" in e["path"] for e in logged), logged
+    assert api_key not in sim.state.log.getvalue() and not any(api_key in s for s in sim.state.seen)

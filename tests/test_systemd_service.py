@@ -244,9 +244,35 @@ def test_a_purge_of_an_install_that_never_held_a_recording_leaves_only_the_user(
     for leftover in (SPOOL, "/var/lib/vocwatch"):
         machine.run(["rm", "-rf", leftover])
     install(machine, package)
+    # A vocwatch setup killed (SIGKILL, a power cut) between writing its temp key and the rename leaves this.
+    machine.run(["install", "-m", "0600", "/dev/null", "/etc/vocwatch/api-key.vocwatch-setup.k1ll3d"])
     result = machine.run(["apt-get", "purge", "-y", "vocwatch"], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
     said = result.stdout + result.stderr
     assert "kept the system user and group vocwatch" in said and f"kept {SPOOL}" not in said, said
     for gone in ("/etc/vocwatch", SPOOL, "/var/lib/vocwatch", "/opt/venvs/vocwatch", "/usr/bin/vocwatch"):
         assert not os.path.lexists(machine.path(gone)), gone
     assert machine.run(["getent", "passwd", "vocwatch"]).stdout.startswith("vocwatch:")
+
+
+def test_a_purge_with_the_spool_on_a_file_system_of_its_own_succeeds_and_leaves_the_mount_point(
+    machine: Machine, package: Package
+) -> None:
+    # An operator gave the spool its own disk. find -delete used to try the mount point too: EBUSY, and
+    # set -e failed the purge (the package stuck half-removed).
+    install(machine, package)
+    machine.run(["mount", "-t", "tmpfs", "-o", "mode=0750", "vocwatch-spool", SPOOL])
+    try:
+        machine.run(["systemd-tmpfiles", "--create", "vocwatch.conf"])  # the package's folders, on the new disk
+        machine.run(["mkdir", f"{SPOOL}/lost+found"])  # what mkfs.ext4 leaves on a new file system
+        result = machine.run(
+            ["apt-get", "purge", "-y", "vocwatch"], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300, check=False
+        )
+        said = result.stdout + result.stderr
+        assert result.returncode == 0, said
+        assert f"kept {SPOOL} (no recording in it" in said, said
+        assert machine.run(["find", SPOOL]).stdout.split() == [SPOOL, f"{SPOOL}/lost+found"]
+        assert machine.run(["test", "-e", "/var/lib/vocwatch"], check=False).returncode == 1
+        status = machine.run(["dpkg-query", "-W", "-f", "${db:Status-Status}", "vocwatch"], check=False).stdout
+        assert status in ("", "not-installed"), status
+    finally:
+        machine.run(["umount", SPOOL], check=False)

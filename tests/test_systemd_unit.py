@@ -123,3 +123,8 @@ def test_sysusers_and_tmpfiles_make_the_user_and_every_configured_folder(tmp_pat
         assert (st.st_uid, st.st_gid) == (uid, gid), folder
         assert st.st_mode & 0o007 == 0, f"{folder} is open to all users"
     assert (tmp_path / f.inbox.relative_to("/")).stat().st_mode & 0o2070 == 0o2070  # producers in group vocwatch
+
+
+def test_a_usage_error_is_not_restarted_either() -> None:
+    # A typo in a drop-in's ExecStart exits 64 (EX_USAGE) every time: no restart can fix it.
+    assert str(os.EX_USAGE) in values("RestartPreventExitStatus")[0].split()

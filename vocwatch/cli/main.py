@@ -9,14 +9,15 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from vocwatch import __version__
-from vocwatch.cli.common import EX_CONFIG, quiet_broken_pipe
+from vocwatch.cli.common import EX_CONFIG, EX_USAGE, quiet_broken_pipe
 from vocwatch.core.states import State
 from vocwatch.edges.config import ConfigError
 from vocwatch.edges.ledger import LedgerError
 from vocwatch.edges.ledgers import PgLedgerError
-from vocwatch.edges.logs import report
+from vocwatch.edges.logs import is_terminal, report
 
 Handler = Callable[[argparse.Namespace], int]
 # command -> the module under vocwatch.cli whose ``main(args)`` runs it
@@ -35,8 +36,20 @@ VERSION_HELP = "print vocwatch's version and exit"
 STATES = ", ".join(State)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE, which the unit never restarts on), not 2; off a
+    terminal it is one JSON line (``usage.invalid``), like every other line vocwatch writes."""
+
+    def error(self, message: str) -> NoReturn:
+        if is_terminal(sys.stderr):
+            self.print_usage(sys.stderr)
+            self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+        report("usage.invalid", f"{self.prog}: {message} (see {self.prog} --help)")
+        self.exit(EX_USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vocwatch",
         description="Deliver call recordings from a watched folder to Crescendo's Voice-of-Customer API.",
     )

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from vocwatch.cli.common import (
     PACKAGE_KEY,
 )
 from vocwatch.edges.client import key_problem
-from vocwatch.edges.config import ConfigError, load_settings
+from vocwatch.edges.config import TENANT_PATTERN, ConfigError, load_settings
 from vocwatch.edges.logs import configure
 
 NEXT = "systemctl enable --now vocwatch"
@@ -82,7 +83,8 @@ def _setup(args: argparse.Namespace) -> int:
     api = document.get("api")
     current = api.get("tenant_id") if isinstance(api, dict) else None
     answers = _ask(args, str(current) if current else None)
-    _write_config(config, document, answers)
+    # A symlink (configuration management's) stays one: the file it points to is the one rewritten.
+    _write_config(config.resolve(), document, answers)
     print(f"vocwatch setup: wrote api.tenant_id = {answers.tenant!r} to {config}")
     if answers.base_url:
         print(f"vocwatch setup: wrote api.base_url = {answers.base_url!r} to {config}")
@@ -118,11 +120,18 @@ def _ask(args: argparse.Namespace, current: str | None) -> Answers:
         tenant = input(f"Crescendo tenant id{shown}: ").strip() or current
     if not tenant:
         raise SetupError(EX_USAGE, "no tenant: give --tenant ID (or run it on a terminal to be asked)")
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise SetupError(
+            EX_USAGE,
+            f"tenant id {tenant!r}: only letters, digits, '.', '_' and '-' (the id Crescendo gave you); "
+            "nothing was written",
+        )
     if args.key_file == "-":
         raw = sys.stdin.read()
     elif args.key_file is not None:
         try:
-            raw = Path(args.key_file).read_text(encoding="utf-8")
+            # Not UTF-8 (a UTF-16 editor): U+FFFD, which key_problem refuses below (65), never a traceback.
+            raw = Path(args.key_file).read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise SetupError(EX_NOINPUT, f"cannot read the key file {args.key_file}: {exc.strerror}") from None
     elif interactive:
@@ -222,9 +231,12 @@ def _failed(outcomes: dict[str, Outcome], failed: list[Outcome], config: Path, t
     names = ", ".join(o.name for o in failed)
     again = f"{config} and the key are written: fix it, then run vocwatch setup again"
     accepted = outcomes.get("api key accepted")
-    if accepted is not None and not accepted.ok and accepted.detail.startswith("refused"):
+    detail = accepted.detail if accepted is not None and not accepted.ok else ""
+    healthy = outcomes["api health"].ok
+    # A 404 with /health failing too is a base URL that is not the API, not a refused key.
+    if detail.startswith(("refused: HTTP 401", "refused: HTTP 403")) or (healthy and detail.startswith("refused")):
         status, why = EX_NOPERM, f"the API refused the key for tenant {tenant}: check the key and --tenant"
-    elif not outcomes["api health"].ok:
+    elif not healthy:
         status, why = (
             EX_UNAVAILABLE,
             "the API did not answer: check api.base_url (--base-url), the network and the proxy",

@@ -11,12 +11,15 @@ from vocwatch.cli.check import client_for
 from vocwatch.cli.common import EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE, settings_from
 from vocwatch.core.model import AuthProblem, Rejected
 from vocwatch.edges.client import JobStatus
+from vocwatch.runtime.daemon import require_key
 
 
 def main(args: argparse.Namespace) -> int:
     """Print the job's status as JSON (0). An unknown job is EX_NOINPUT (66): the input the command was given
-    names nothing, as with a missing file; a refused key EX_NOPERM (77); an unreachable API EX_UNAVAILABLE."""
+    names nothing, as with a missing file; no key EX_CONFIG (78); a refused key EX_NOPERM (77); an unreachable
+    API EX_UNAVAILABLE."""
     settings = settings_from(args)
+    require_key(settings)  # no key is the config's to fix (78, where it looked), not a key the API refused
     with contextlib.closing(client_for(settings)) as client:
         outcome = client.job_status(args.job_id)
     if isinstance(outcome, JobStatus):

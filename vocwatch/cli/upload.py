@@ -48,7 +48,14 @@ def main(args: argparse.Namespace) -> int:
     batches = list(_batches(args.paths, settings))
     staging = parts.folders.work.with_name(f".{parts.folders.work.name}.sources")
     if args.keep_sources:
-        batches = [_stage(batch, staging / str(i)) for i, batch in enumerate(batches)]
+        gone: list[Path] = []
+        batches = [_stage(batch, staging / str(i), gone) for i, batch in enumerate(batches)]
+        for path in gone:
+            print(
+                f"vocwatch: {path}: gone before it could be sent (deleted since it was listed); not sent",
+                file=sys.stderr,
+            )
+        missing += gone
     # tqdm's own disable: no bar off a terminal (journald, cron) or with --no-progress.
     bar = tqdm(
         total=sum(len(ready) + len(expired) for _, ready, expired in batches),
@@ -128,24 +135,38 @@ def _batches(paths: list[Path], settings: Settings) -> Iterator[tuple[Path, list
         yield origin, decided.ready, decided.expired
 
 
-def _stage(batch: tuple[Path, list[Pair], list[Expired]], folder: Path) -> tuple[Path, list[Pair], list[Expired]]:
+def _stage(
+    batch: tuple[Path, list[Pair], list[Expired]], folder: Path, gone: list[Path]
+) -> tuple[Path, list[Pair], list[Expired]]:
     """The batch with ``folder`` as its origin, holding a hard link of each of its files (a copy where the
-    kernel refuses the link: another file system, fs.protected_hardlinks): what the run moves are these."""
+    kernel refuses the link: another file system, fs.protected_hardlinks): what the run moves are these.
+    A pair whose file vanished since the listing is left out, that file named in ``gone``."""
     origin, ready, expired = batch
-    rels = [p for pair in ready for p in (pair.audio, pair.sidecar) if p is not None]
-    rels += [p for gone in expired for p in gone.files]
+    staged = [p for p in ready if _link_all(origin, folder, [f for f in (p.audio, p.sidecar) if f is not None], gone)]
+    lonely = [e for e in expired if _link_all(origin, folder, list(e.files), gone)]
+    return folder, staged, lonely
+
+
+def _link_all(origin: Path, folder: Path, rels: list[PurePosixPath], gone: list[Path]) -> bool:
+    """Link (or copy) each of ``rels`` from ``origin`` into ``folder``; False, none of them staged, if one is gone."""
     for rel in rels:
         src, dst = origin / rel, folder / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if os.path.lexists(dst):
             os.unlink(dst)  # a stale stage of an earlier run that ended before tidying
         try:
-            os.link(src, dst, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
-                raise
-            shutil.copy2(src, dst, follow_symlinks=False)
-    return folder, ready, expired
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+                    raise
+                shutil.copy2(src, dst, follow_symlinks=False)
+        except FileNotFoundError:  # deleted (by its producer, an operator) since it was listed
+            gone.append(src)
+            for done in rels:
+                (folder / done).unlink(missing_ok=True)
+            return False
+    return True
 
 
 def _sidecars_of(path: Path) -> list[Path]:

@@ -39,9 +39,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A tenant id, as it appears in the API's paths.
+TENANT_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
 class ApiSettings(_Section):
     base_url: AnyHttpUrl = AnyHttpUrl("https://platform.crescendo.ai")
-    tenant_id: str = Field(default="tenant-alpha", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    tenant_id: str = Field(default="tenant-alpha", min_length=1, pattern=TENANT_PATTERN)
     api_key_file: Path | None = None
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     read_timeout_seconds: float = Field(default=120.0, gt=0)
@@ -347,7 +351,8 @@ def resolve_api_key(settings: Settings) -> SecretStr | None:
         candidates.append(settings.api.api_key_file)
     for candidate in candidates:
         try:
-            value = candidate.read_text(encoding="utf-8").strip()
+            # Not UTF-8 (a UTF-16 editor): U+FFFD makes it a key that cannot be sent, refused as such, never a crash.
+            value = candidate.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
             continue
         if value:

@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
+from enum import Enum
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -48,14 +49,21 @@ class Scrubber:
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in list(event.items()):
-            if not isinstance(value, str):
-                value = value if isinstance(value, int | float | bool | type(None)) else str(value)
-            if isinstance(value, str):
-                value = self.clean(value)
-                if self.redact_digits and key not in _NEVER_REDACTED:
-                    value = redact_digits(value)
-            event[key] = value
+            event[key] = self._value(key, value)
         return event
+
+    def _value(self, key: str, value: Any) -> Any:
+        """JSON's own types stay (lists and mappings too, scrubbed inside); an enum is its value; else a string."""
+        if isinstance(value, Enum):
+            value = value.value
+        if isinstance(value, Mapping):
+            return {str(k): self._value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._value(key, v) for v in value]
+        if isinstance(value, int | float | bool | type(None)):
+            return value
+        text = self.clean(str(value))
+        return redact_digits(text) if self.redact_digits and key not in _NEVER_REDACTED else text
 
 
 def redact_digits(text: str) -> str:
@@ -146,6 +154,11 @@ def configure(level: str = "info", fmt: str = "auto", *, redact: bool = False, s
     root.addHandler(_ToStructlog())
     if not console:  # a crash off a terminal is one JSON line too (with its traceback), not plain text
         sys.excepthook = _log_uncaught
+        # A thread's crash and warnings.warn print plain text too. Python's own thread hook only: a test
+        # runner's (pytest's) stays, so that it still fails a test whose thread crashed.
+        if threading.excepthook is threading.__excepthook__:
+            threading.excepthook = _log_thread_crash
+        logging.captureWarnings(True)  # as library.log events of the logger py.warnings, level warning
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -154,6 +167,14 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
         sys.__excepthook__(kind, exc, tb)
         return
     structlog.get_logger().critical("process.crashed", exc_info=(kind, exc, tb))
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook off a terminal: a thread's uncaught exception as ``thread.crashed`` (critical)."""
+    if issubclass(args.exc_type, SystemExit):  # as Python's own hook: a thread may end itself this way
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    structlog.get_logger().critical("thread.crashed", thread=getattr(args.thread, "name", None), exc_info=exc_info)
 
 
 class _ToStructlog(logging.Handler):

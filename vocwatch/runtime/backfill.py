@@ -112,7 +112,7 @@ class Backfill:
 
     def _finished(self, claimed: Claimed, state: End) -> None:
         with self._done:
-            self.summary.outcomes[str(claimed.audio)] = state
+            self.summary.outcomes[_key(claimed)] = state
             self._done.notify_all()
 
     def _wait(self) -> None:
@@ -134,7 +134,10 @@ class Backfill:
             lease.start()
         pool.start()
         leftovers = self._recover()
-        s.total = len(leftovers) + sum(len(ready) + len(expired) for _, ready, expired in batches)
+        # A leftover is also listed again when its source stayed (--keep-sources): one recording, counted once.
+        recovered = {_key(c) for c in leftovers}
+        listed = {str(origin / pair.audio) for origin, ready, _ in batches for pair in ready}
+        s.total = len(recovered | listed) + sum(len(expired) for _, _, expired in batches)
         for leftover in leftovers:
             if self.stopping:  # not offered yet: back where it came from, like a queued pair
                 self.parts.folders.release(leftover)
@@ -149,7 +152,9 @@ class Backfill:
             for pair in ready:
                 if self.stopping:
                     break
-                claimed = self.parts.folders.claim(pair, origin)
+                if str(origin / pair.audio) in recovered:
+                    continue  # the leftover in work/ is this very pair, offered above
+                claimed = self._claim(pair, origin)
                 if claimed is None:
                     s.failed_early += 1
                     continue
@@ -158,6 +163,15 @@ class Backfill:
         while not self.stopping and not pool.wait_idle(timeout=0):
             self._wait()
         return self._drain()
+
+    def _claim(self, pair: Pair, origin: Path) -> Claimed | None:
+        """Claim it; while a pair of the same name from another folder is still in work/, wait for it to move
+        on, then try again (the daemon takes such a pair at its next scan; a backfill has no next scan)."""
+        claimed = self.parts.folders.claim(pair, origin)
+        while claimed is None and not self.stopping and os.path.lexists(self.parts.folders.work / pair.audio):
+            self._wait()
+            claimed = self.parts.folders.claim(pair, origin)
+        return claimed
 
     def _recover(self) -> list[Claimed]:
         """What an interrupted run left in work/, to take first. Lone halves too: the pipeline decides
@@ -215,3 +229,8 @@ class Backfill:
         if not s.left_in_work:
             self.parts.close()
         return s
+
+
+def _key(claimed: Claimed) -> str:
+    """A recording of this run by where it came from: two folders may each hold a call.wav."""
+    return str(claimed.origin / claimed.pair.audio)

@@ -339,9 +339,11 @@ def _phrase(status: int) -> str:
 def _masked(path: str) -> str:
     """The request target with any bearer_token value masked: the key never reaches a log line."""
     parts = urlsplit(path)
-    if "bearer_token" not in parts.query:
+    # Decoded names, as _authorized reads them: bearer%5Ftoken is bearer_token too.
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if all(k != "bearer_token" for k, _ in pairs):
         return path
-    query = [(k, "[redacted]" if k == "bearer_token" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, "[redacted]" if k == "bearer_token" else v) for k, v in pairs]
     return parts._replace(query=urlencode(query)).geturl()
 
 
