@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -129,6 +130,23 @@ def test_status_without_a_key_is_a_config_error_not_a_refused_key(delivered: tup
     problem = json.loads(line)
     assert problem["event"] == "config.invalid" and "api key: none found; looked in" in problem["message"]
     assert "refused" not in result.stderr
+
+
+def test_status_with_the_api_unreachable_says_so_and_exits_69(delivered: tuple[str, str], tmp_path: Path) -> None:
+    # It printed the outcome's Python repr ("Retry(reason=..., after=None)").
+    config, job = delivered
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    text = Path(config).read_text()
+    url = re.search(r'base_url = "([^"]+)"', text)
+    assert url is not None, text
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(text.replace(url.group(1), f"http://127.0.0.1:{closed}"))
+    result = vocwatch("status", job, "--config", str(elsewhere))
+    assert result.returncode == os.EX_UNAVAILABLE, result.stderr
+    assert f"job {job}: the API could not answer" in result.stderr and "Retry(" not in result.stderr
+    assert "try again later" in result.stderr
 
 
 def _run_on_a_terminal(args: list[str], timeout: float = 90) -> tuple[int, str]:

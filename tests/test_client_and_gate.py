@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from urllib.parse import unquote
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from vocwatch.core.model import Accepted, AuthProblem, Rejected, Retry, Unsettled
-from vocwatch.edges.client import RETRY_AFTER_MAX_S, classify_upload, retry_after
+from vocwatch.edges.client import RETRY_AFTER_MAX_S, CrescendoClient, classify_upload, retry_after
 from vocwatch.runtime.gate import Gate, full_jitter
 
 
@@ -210,3 +212,20 @@ def test_backoff_survives_five_thousand_consecutive_failures_with_one_prober() -
     gate.report(Accepted("job"))
     waiter.join(timeout=5)
     assert second == [True] and not gate.state().open
+
+
+@pytest.mark.parametrize("job_id", ["../../x", "a/b", "job?x=1", "job#frag", "%2e%2e"])
+def test_a_job_id_is_one_path_segment_of_the_status_url_whatever_it_holds(job_id: str) -> None:
+    seen: list[str] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(404, json={"message": "not found"})
+
+    http = httpx.Client(transport=httpx.MockTransport(reply))
+    client = CrescendoClient(http=http, base_url="https://api.example", tenant_id="t", key=lambda: SecretStr("k" * 8))
+    client.job_status(job_id)
+    (path,) = seen
+    prefix = "/api/v1/voc/tenants/t/recording/"
+    assert path.startswith(prefix) and path.endswith("/status"), path
+    assert unquote(path[len(prefix) : -len("/status")]) == job_id and "/" not in path[len(prefix) : -len("/status")]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar, cast
+from urllib.parse import quote
 
 import h11
 import httpx
@@ -186,7 +187,8 @@ class CrescendoClient:
 
     def _job_status(self, job_id: str, headers: dict[str, str]) -> StatusOutcome:
         try:
-            response = self._http.get(f"{self.upload_url}/{job_id}/status", headers=headers)
+            # The id is one path segment, whatever it holds: "../x" must not reach another path with the key.
+            response = self._http.get(f"{self.upload_url}/{quote(job_id, safe='')}/status", headers=headers)
         except httpx.HTTPError as exc:
             return Retry(f"{type(exc).__name__}: {exc}")
         if response.status_code == 200:
