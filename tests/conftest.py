@@ -8,7 +8,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waits import wait_for  # the suite's one wait; tests import it from here
 
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import Settings, load_settings
@@ -27,18 +27,6 @@ from vocwatch.testing.simulator import SimState, Simulator
 TENANT = "tenant-test"
 # The throwaway PostgreSQL cluster (pg_cluster, pg_url) for the fleet tests.
 pytest_plugins = ["support.pg"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        threading.Event().wait(0.02)  # a polling interval, not a wait for an event
 
 
 @pytest.fixture

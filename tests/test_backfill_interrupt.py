@@ -79,20 +79,28 @@ def test_interrupted_backfill_puts_back_and_drains_then_a_rerun_delivers_each_on
     delivered_once(spool, sim)
 
 
-def test_backfill_killed_midway_recovers_its_own_work_folder_at_the_next_run(
-    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any]
-) -> None:
+def _killed_midway(
+    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any], start: Callable[..., Any]
+) -> tuple[Path, Path, Path]:
+    """A backfill (``start``) killed with two uploads in flight: no chance to drain (a power cut, an OOM kill).
+    Its config, its work folder (holding what it had claimed) and its backlog folder."""
     settings = make_settings(upload__workers=2)
     config = tmp_path / "config.toml"
     work = settings.folders.work_root / f"{settings.instance}-upload"
     backlog = backlog_of(tmp_path / "backlog")
     sim.state.faults.latency_s = 0.5
-    first = upload(config, backlog, tmp_path / "first.log")
+    first = start(config, backlog, tmp_path / "first.log")
     wait_for(lambda: sim.state.requests >= 2, what="two uploads in flight")
-    first.kill()  # no chance to drain: a power cut, an OOM kill
+    first.kill()
     first.wait(timeout=30)
-    stranded = [f for f in spool.files(work) if f.endswith(".wav")]
-    assert stranded, "nothing was claimed before the kill"
+    assert [f for f in spool.files(work) if f.endswith(".wav")], "nothing was claimed before the kill"
+    return config, work, backlog
+
+
+def test_backfill_killed_midway_recovers_its_own_work_folder_at_the_next_run(
+    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any]
+) -> None:
+    config, work, backlog = _killed_midway(tmp_path, spool, sim, make_settings, upload)
     # A lone half whose origin was never recorded goes back to the inbox, as the daemon's leftovers do.
     (work / "orphan.json").write_text('{"id": "orphan"}')
 
@@ -109,16 +117,7 @@ def test_a_killed_keep_sources_backfill_rerun_reports_no_failure_that_did_not_ha
 ) -> None:
     # Its sources stay, so the rerun lists again what its work folder still holds: it counted those twice
     # and said "4 not" with exit 1, although every recording was delivered.
-    settings = make_settings(upload__workers=2)
-    config = tmp_path / "config.toml"
-    work = settings.folders.work_root / f"{settings.instance}-upload"
-    backlog = backlog_of(tmp_path / "backlog")
-    sim.state.faults.latency_s = 0.5
-    first = keep_sources_upload(config, backlog, tmp_path / "first.log")
-    wait_for(lambda: sim.state.requests >= 2, what="two uploads in flight")
-    first.kill()
-    first.wait(timeout=30)
-    assert [f for f in spool.files(work) if f.endswith(".wav")], "nothing was claimed before the kill"
+    config, _, backlog = _killed_midway(tmp_path, spool, sim, make_settings, keep_sources_upload)
 
     sim.state.faults.latency_s = 0.0
     second = keep_sources_upload(config, backlog, tmp_path / "second.log")
