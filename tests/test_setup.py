@@ -164,6 +164,19 @@ def test_a_key_file_that_is_not_utf8_is_refused_with_65_and_changes_nothing(tmp_
     assert config.read_bytes() == before and not key_path.exists()
 
 
+def test_a_folder_where_the_key_goes_is_a_clear_error_and_no_key_is_left_beside_it(
+    tmp_path: Path, api_key: str
+) -> None:
+    # os.replace onto a folder raised IsADirectoryError: a traceback, exit 1.
+    config, key_path = site(tmp_path)
+    key_path.mkdir()
+    done = setup(config, key_path, "--tenant", TENANT, "--key-file", "-", stdin=api_key)
+    assert done.returncode == os.EX_CANTCREAT, done.stdout + done.stderr
+    assert done.stderr.startswith("vocwatch setup: cannot replace ") and "Traceback" not in done.stderr, done.stderr
+    assert api_key not in done.stdout + done.stderr
+    assert [p.name for p in key_path.parent.iterdir() if "vocwatch-setup" in p.name] == []  # no stray copy
+
+
 def test_not_root_with_the_package_paths_exits_77(
     tmp_path: Path, api_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

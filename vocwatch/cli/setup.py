@@ -192,6 +192,12 @@ def _staged(target: Path, *, mode: int, owner: tuple[int, int] | None) -> Iterat
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(staged, target)
+    except OSError as exc:  # a folder at the path, an immutable file, a read-only mount: say so, change nothing
+        staged.unlink(missing_ok=True)
+        status = EX_NOPERM if isinstance(exc, PermissionError) else EX_CANTCREAT
+        raise SetupError(
+            status, f"cannot replace {target}: {exc.strerror}; fix or move it, then run setup again"
+        ) from None
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
