@@ -79,11 +79,11 @@ def run_demo(where: Path | None) -> int:
         sim.stop()
     rows = list(ledger.iter_all())
     ledger.close()
-    print(f"\n{'RECORDING':<22} {'STATE':<8} {'JOB':<28} {'JOB STATUS':<11} WHERE", file=sys.stderr)
+    print(f"\n{'RECORDING':<22} {'STATE':<8} {'JOB':<32} {'JOB STATUS':<11} WHERE", file=sys.stderr)
     for r in rows:
         where_now = os.path.relpath(r.destination, root) if r.destination else "-"
         print(
-            f"{r.recording_id:<22} {r.state:<8} {r.job_id or '-':<28} {r.job_status or '-':<11} {where_now}",
+            f"{r.recording_id:<22} {r.state:<8} {r.job_id or '-':<32} {r.job_status or '-':<11} {where_now}",
             file=sys.stderr,
         )
     done = sum(r.state == "done" for r in rows)

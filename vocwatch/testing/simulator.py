@@ -70,7 +70,7 @@ class SimState:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         # Job ids are unique across restarts: this run's start time and a random part, then a counter.
-        self.run_id = f"{int(time.time()):x}{secrets.token_hex(2)}"
+        self.run_id = f"{int(time.time()):x}{secrets.token_hex(4)}"
 
     def unauthorized_for(self, seconds: float) -> None:
         self.faults.unauthorized_until = time.monotonic() + seconds
