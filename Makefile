@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; } || echo "rsync is missing and could not be installed (not root?): its writer tests skip"
 	command -v groff >/dev/null || { apt-get update -qq && apt-get install -y -qq groff-base; } || echo "groff is missing and could not be installed (not root?): the man page test fails"
-	$(BIN)/python -m pytest -q -m "not fleet and not systemd and not deb"
+	$(BIN)/python -m pytest -q -n auto -m "not fleet and not systemd and not deb"
 
 # The fleet tests (marker "fleet"): real daemons on one PostgreSQL ledger, on a throwaway cluster that
 # tests/support/pg.py initdb's from Debian's server binaries (installed here when missing, as root).
