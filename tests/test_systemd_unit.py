@@ -99,6 +99,9 @@ def test_unit_agrees_with_the_shipped_config_and_the_daemon() -> None:
     # other users' files only outside a user namespace of the unit's own.
     assert values("CapabilityBoundingSet") == ["CAP_LEASE"] and values("AmbientCapabilities") == ["CAP_LEASE"]
     assert values("PrivateUsers") == ["no"]
+    # A spool or ledger on a file system of its own is mounted first: a late mount is not a config error (78).
+    [mounts] = [v for s, k, v in directives(UNIT.read_text()) if s == "Unit" and k == "RequiresMountsFor"]
+    assert {PurePosixPath(rw), settings.ledger.path.parent} <= {PurePosixPath(m) for m in mounts.split()}
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None,
