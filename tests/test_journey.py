@@ -167,6 +167,10 @@ ROWS = [
     (State.UPLOADED, JobState.FAILED, False, Stage.UPLOADED, True, RowStep.SETTLE_FAILED),
     (State.UPLOADED, JobState.UNKNOWN, False, Stage.UPLOADED, True, RowStep.SETTLE_FAILED),
     (State.UPLOADED, JobState.COMPLETED, False, None, True, RowStep.SETTLE_DONE),
+    # the settle pass's move reached its noted destination; a crash took the row's end
+    (State.UPLOADED, JobState.COMPLETED, False, Stage.DONE, True, RowStep.MARK_SETTLED),
+    (State.UPLOADED, JobState.FAILED, False, Stage.FAILED, True, RowStep.MARK_SETTLED),
+    (State.UPLOADED, JobState.STARTED, False, Stage.DONE, True, RowStep.KEEP),
     (State.DONE, JobState.COMPLETED, False, Stage.DONE, True, RowStep.KEEP),
     (State.CLAIMED, None, True, None, True, RowStep.KEEP),
     (State.FAILED, None, False, Stage.FAILED, True, RowStep.KEEP),

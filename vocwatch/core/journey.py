@@ -202,6 +202,7 @@ class RowStep(StrEnum):
     SETTLE_DONE = "settle_done"  # the job completed: move uploaded/ -> done/
     SETTLE_FAILED = "settle_failed"  # the job failed or was forgotten: move uploaded/ -> failed/
     SETTLE_DELETE = "settle_delete"  # the job completed and done_action = "delete": remove uploaded/'s files
+    MARK_SETTLED = "mark_settled"  # a settle move reached done/ or failed/; a crash took the row's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +225,8 @@ def decide_row(row: Row, seen: RowSeen, done_action: DoneAction = DoneAction.MOV
         # was recorded. Either way it arrived; the row must not stay open.
         return RowStep.MARK_UPLOADED if seen.destination == Stage.UPLOADED else RowStep.MARK_DONE
     if row.state == State.UPLOADED and row.job_status in FINAL_JOB:
+        if seen.destination in (Stage.DONE, Stage.FAILED):  # at the destination the settle pass noted
+            return RowStep.MARK_SETTLED
         if row.job_status != JobState.COMPLETED:
             return RowStep.SETTLE_FAILED
         # Delete only once the job completed: a job that fails still sends its pair to failed/.

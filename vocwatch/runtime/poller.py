@@ -206,8 +206,10 @@ class StatusPoller:
             claimed = self._folders.with_sidecar_ahead(claimed, audio)
             if planned is not None:
                 claimed = self._folders.with_sidecar_ahead(claimed, planned)
-        seen = RowSeen(in_work=False, destination=Stage.UPLOADED if claimed is not None else None, mine=True)
-        step = decide_row(row, seen, self._done_action)
+        where = Stage.UPLOADED if claimed is not None else None
+        if where is None and planned is not None and os.path.lexists(planned):
+            where = self._folders.stage_of(planned)
+        step = decide_row(row, RowSeen(in_work=False, destination=where, mine=True), self._done_action)
         if step == RowStep.KEEP:
             return
         if step == RowStep.SETTLE_DELETE:
@@ -218,11 +220,11 @@ class StatusPoller:
             self._ledger.transition(row, State.DONE, event="deleted", destination=None)
             log.info("files.deleted", note="job completed; folders.done_action = delete")
             return
-        arrived = claimed is None and planned is not None and os.path.lexists(planned)
+        # MARK_SETTLED: moved before a crash took the row's end; it ends where the files are.
+        if step == RowStep.MARK_SETTLED and where == Stage.DONE:
+            self._ledger.transition(row, State.DONE, destination=str(planned))
+            return
         if step == RowStep.SETTLE_DONE:
-            if arrived:  # moved before a crash took the row's end: it ends where the files are
-                self._ledger.transition(row, State.DONE, destination=str(planned))
-                return
             if claimed is None:  # moved by hand: the row still ends, and says where it was
                 self._ledger.transition(row, State.DONE, last_error="files not found in uploaded/")
                 return
@@ -232,14 +234,9 @@ class StatusPoller:
             dest = self._folders.finish(claimed, Stage.DONE, planned)
             self._ledger.transition(row, State.DONE, destination=str(dest))
             return
-        if row.job_status == JobState.UNKNOWN:
-            problem = Problem(Reason.JOB_UNKNOWN, row.job_error or f"Crescendo no longer knows job {row.job_id}")
-        else:
-            problem = Problem(
-                Reason.JOB_FAILED, f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}"
-            )
+        problem = _job_problem(row)
         fields = {"last_error": f"{problem.code}: {problem.message}"}
-        if arrived:
+        if step == RowStep.MARK_SETTLED:
             fields["destination"] = str(planned)
         elif claimed is not None:
             error: dict[str, Any] | None = error_document(
@@ -259,3 +256,10 @@ class StatusPoller:
         """Where an earlier settle pass of ``row`` said its files would go (its last "settling" event)."""
         noted = [detail for _, event, detail in self._ledger.events(row.id) if event == "settling" and detail]
         return Path(noted[-1]) if noted else None
+
+
+def _job_problem(row: Row) -> Problem:
+    """Why a row whose job ended without completing goes to failed/."""
+    if row.job_status == JobState.UNKNOWN:
+        return Problem(Reason.JOB_UNKNOWN, row.job_error or f"Crescendo no longer knows job {row.job_id}")
+    return Problem(Reason.JOB_FAILED, f"Crescendo's job {row.job_id} failed: {row.job_error or 'no reason given'}")
