@@ -49,16 +49,10 @@ def _run(world: World, crash: CrashAt | None) -> None:
 def _settle(world: World) -> None:
     """Restart and do what the daemon would, until nothing is left to do."""
     for _ in range(3):
-        process = world.start()
-        for claimed in world.leftovers():
-            world.journey(claimed)
-        for pair in world.ready():
-            claimed = world.claim(pair)
-            if claimed is not None:
-                world.journey(claimed)
+        world.start()
+        world.take_everything()
         world.poll()  # done_after = "completed": every job completes, uploaded/ moves on
         world.crash()
-        del process
 
 
 def _check(world: World) -> None:
@@ -69,8 +63,8 @@ def _check(world: World) -> None:
     # Nothing in limbo: the inbox and work/ are empty, every row is final.
     assert world.files("inbox") == []
     assert world.files("work") == []
-    process = world.start()
-    rows = list(process.ledger.iter_all())
+    world.start()
+    rows = world.rows()
     world.crash()
     assert rows and all(r.state in FINAL for r in rows), [(r.recording_id, r.state) for r in rows]
     if world.done_action == DoneAction.DELETE:

@@ -39,19 +39,13 @@ def _stop_with_queued(world: World, crash: CrashAt | None = None) -> None:
 
 def _settle(world: World) -> None:
     world.start()
-    for claimed in world.leftovers():
-        world.journey(claimed)
-    for pair in world.ready():
-        claimed = world.claim(pair)
-        if claimed is not None:
-            world.journey(claimed)
+    world.take_everything()
     world.crash()
 
 
 def _rows(world: World) -> list:
     world.start()
-    assert world.process is not None
-    rows = list(world.process.ledger.iter_all())
+    rows = world.rows()
     world.crash()
     return rows
 

@@ -70,17 +70,7 @@ def _die() -> None:
 def _settle(world: World) -> None:
     """A restart: recovery, then every leftover in work/ and every pair in the inbox journeyed once."""
     world.start()
-    for leftover in world.leftovers():
-        world.journey(leftover)
-    for pair in world.ready():
-        claimed = world.claim(pair)
-        if claimed is not None:
-            world.journey(claimed)
-
-
-def _rows(world: World) -> list:
-    assert world.process is not None
-    return list(world.process.ledger.iter_all())
+    world.take_everything()
 
 
 # -- 1. a put-back cut short separates the pair for good ------------------------------------------
@@ -144,7 +134,7 @@ def test_a_duplicates_move_cut_short_is_finished_not_returned_or_resent(tmp_path
     assert len(world.uploader.received) == 1, [r.metadata for r in world.uploader.received]
     assert world.files("inbox") == [] and world.files("work") == []
     assert world.files("done") == ["a.json", "a.wav", "copy.json", "copy.wav"]
-    assert sorted(str(r.state) for r in _rows(world)) == ["done", "duplicate"]
+    assert sorted(str(r.state) for r in world.rows()) == ["done", "duplicate"]
     world.crash()
 
 
@@ -166,7 +156,7 @@ def test_a_rejected_recordings_move_cut_short_ends_in_failed_not_resent(tmp_path
     assert len(server.received) == 1, [r.metadata for r in server.received]
     assert world.files("inbox") == [] and world.files("work") == []
     assert world.files("failed") == ["a.error.json", "a.json", "a.wav"]
-    [row] = _rows(world)
+    [row] = world.rows()
     assert row.state == State.FAILED and row.recording_id == "rec-a"
     world.crash()
 
@@ -188,7 +178,7 @@ def test_a_crash_after_a_rejected_pair_reached_failed_still_ends_its_row_failed(
     world.crash()
     assert world.files("failed") == ["a.error.json", "a.json", "a.wav"]
     _settle(world)
-    rows = _rows(world)
+    rows = world.rows()
     assert [(r.recording_id, str(r.state)) for r in rows] == [("rec-a", "failed")]
     world.crash()
 
@@ -209,7 +199,7 @@ def test_a_crash_after_a_duplicate_reached_done_still_records_its_row(tmp_path: 
     world.crash()
     _settle(world)
     assert "copy.wav" in world.files("done")
-    states = sorted((r.file, str(r.state)) for r in _rows(world))
+    states = sorted((r.file, str(r.state)) for r in world.rows())
     assert states == [("a.wav", "done"), ("copy.wav", "duplicate")]
     world.crash()
 
@@ -233,7 +223,7 @@ def test_a_dead_backfills_accepted_row_is_not_marked_done_while_its_files_are_in
     backfill.crash()
     daemon = World(tmp_path, uploader=server, holder="host-1")
     daemon.start()  # recovery
-    [row] = _rows(daemon)
+    [row] = daemon.rows()
     assert backfill.files("work/host-1-upload") == ["a.json", "a.wav"]
     assert not (row.state == State.DONE and not Path(row.destination or "").exists()), (row.state, row.destination)
     daemon.crash()
@@ -263,7 +253,7 @@ def test_two_pollers_settling_one_uploaded_row_neither_dies_and_the_row_names_wh
         one.poll()  # must not raise
     assert race.fired
     assert one.files("done") == ["a.json", "a.wav"]
-    [row] = _rows(one)
+    [row] = one.rows()
     assert row.state == State.DONE and row.destination == str(tmp_path / "done" / "a.wav"), row
     one.crash()
     two.crash()
@@ -285,7 +275,7 @@ def test_a_job_reported_with_an_unexpected_status_is_polled_again_until_it_ends(
     world.poll(JobStatus("job-1", "completed", 1, None, {}))
     assert world.files("uploaded") == []
     assert world.files("done") == ["a.json", "a.wav"]
-    [row] = _rows(world)
+    [row] = world.rows()
     assert row.state == State.DONE
     world.crash()
 
@@ -308,7 +298,7 @@ def test_a_retried_move_whose_name_was_taken_meanwhile_keeps_the_pair_together(t
     (tmp_path / "done" / "a.wav").write_bytes(WAV3)  # a stranger's a.wav (say, a lone recording's move)
     for leftover in world.leftovers():
         world.journey(leftover)
-    [row] = _rows(world)
+    [row] = world.rows()
     assert row.state == State.DONE and row.destination is not None
     dest = Path(row.destination)
     assert dest.read_bytes() == WAV
@@ -375,7 +365,7 @@ def test_a_full_disk_while_moving_a_duplicate_leaves_it_for_the_next_rescan_not_
         world.journey(leftover)
     assert world.files("failed") == []
     assert world.files("done") == ["a.json", "a.wav", "copy.json", "copy.wav"]
-    assert sorted(str(r.state) for r in _rows(world)) == ["done", "duplicate"]
+    assert sorted(str(r.state) for r in world.rows()) == ["done", "duplicate"]
     world.crash()
 
 
@@ -404,7 +394,7 @@ def test_a_full_disk_while_finishing_a_leftovers_move_does_not_split_it_between_
     world.start()  # recovery
     assert world.files("failed") == []
     assert world.files("done") == ["a.json", "a.wav"]
-    assert [str(r.state) for r in _rows(world)] == ["done"]
+    assert [str(r.state) for r in world.rows()] == ["done"]
     assert len(world.uploader.received) == 1
     world.crash()
 
@@ -433,7 +423,7 @@ def test_a_lost_commit_after_the_move_to_uploaded_is_mended_by_the_running_polle
     world.poll()
     assert world.files("uploaded") == []
     assert world.files("done") == ["a.json", "a.wav"]
-    [row] = _rows(world)
+    [row] = world.rows()
     assert row.state == State.DONE
     world.crash()
 

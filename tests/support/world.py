@@ -21,7 +21,7 @@ from support.fakes import FakeClock, MemoryUploader, NullRecorder
 from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Pair, Retry
 from vocwatch.core.pairing import classify
-from vocwatch.core.states import Stage
+from vocwatch.core.states import Row, Stage
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledger import Ledger
@@ -184,6 +184,20 @@ class World:
     def leftovers(self) -> list[Claimed]:
         assert self.process is not None
         return [c for c, _ in self.process.folders.claims_in_work(self.require_sidecar)]
+
+    def take_everything(self) -> None:
+        """One pass of what a running daemon does: every leftover in work/, then every pair in the inbox."""
+        for claimed in self.leftovers():
+            self.journey(claimed)
+        for pair in self.ready():
+            claimed = self.claim(pair)
+            if claimed is not None:
+                self.journey(claimed)
+
+    def rows(self) -> list[Row]:
+        """Every ledger row of the running process."""
+        assert self.process is not None
+        return list(self.process.ledger.iter_all())
 
     def files(self, folder: str) -> list[str]:
         base = self.root / folder
