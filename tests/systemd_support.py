@@ -36,6 +36,32 @@ def journal(m: Machine, *args: str) -> str:
     return m.run(["journalctl", "--no-pager", "-u", UNIT, *args]).stdout
 
 
+def spawn_failure(m: Machine, timeout: float = 30.0) -> str:
+    """The line systemd's executor logs when it cannot start the unit's process (it names UNIT= itself).
+
+    ``journalctl -u`` finds it only when journald still sees the short-lived child in the unit's cgroup, so
+    this reads the executor's own field, and waits for journald to store the line.
+    """
+
+    def logged() -> str:
+        out = m.run(
+            [
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "cat",
+                f"UNIT={UNIT}.service",
+                "+",
+                f"_SYSTEMD_UNIT={UNIT}.service",
+                "-n",
+                "40",
+            ]
+        ).stdout
+        return out if "Failed to set up credentials" in out else ""
+
+    return until(logged, timeout, "systemd to log why it could not start the unit")
+
+
 def json_objects(text: str) -> list[dict[str, Any]]:
     """Every JSON value in ``text`` (jq's pretty output spans lines); anything else between them is an error."""
     decoder, found, at = json.JSONDecoder(), [], 0
