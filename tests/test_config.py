@@ -48,6 +48,8 @@ def test_example_config_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch)
         ('[upload]\non_conflict = "overwrite"\n', "upload.on_conflict: Input should be 'fail' or 'upload'"),
         ('[watch]\nmode = "magic"\n', "watch.mode"),
         ('[api]\ntenant_id = "a/b"\n', "api.tenant_id"),
+        ('[api]\nbase_url = "https://ops@voc.example"\n', "api.base_url: carries a user name or password"),
+        ('[api]\nbase_url = "https://voc.example/?bearer_token=k"\n', "api.base_url: has a query or fragment"),
         ('[metrics]\nlisten = "everywhere"\n', "metrics.listen"),
         ("[surprise]\nx = 1\n", "surprise: unknown key"),
         ("not toml at all [", "not valid TOML"),
@@ -59,6 +61,15 @@ def test_bad_values_name_their_key(tmp_path: Path, toml: str, fragment: str) -> 
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert any(fragment in p and str(config) in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_password_in_the_base_url_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[api]\nbase_url = "https://ops:hunter2@voc.example"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert any("api.base_url" in p for p in caught.value.problems), caught.value.problems
+    assert "hunter2" not in str(caught.value.problems)
 
 
 def test_done_after_completed_without_the_poller_is_refused(tmp_path: Path) -> None:

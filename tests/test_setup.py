@@ -136,9 +136,24 @@ def test_a_config_that_is_a_symlink_is_edited_where_it_points(tmp_path: Path, si
         (["--key-file", "-"], "some-key", 64, "no tenant: give --tenant ID"),
         (["--tenant", TENANT], "", 64, "no key: give --key-file PATH"),
         (["--tenant", TENANT, "--base-url", "ftp:nowhere", "--key-file", "-"], "some-key", 78, "api.base_url"),
+        (
+            ["--tenant", TENANT, "--base-url", "https://ops:some-key@voc.example", "--key-file", "-"],
+            "some-key",
+            78,
+            "api.base_url: carries a user name or password",
+        ),
         (["--tenant", "acme corp", "--key-file", "-"], "some-key", 64, "tenant id 'acme corp': only letters"),
     ],
-    ids=["key_with_a_space", "empty_key", "missing_key_file", "no_tenant", "no_key", "bad_base_url", "bad_tenant"],
+    ids=[
+        "key_with_a_space",
+        "empty_key",
+        "missing_key_file",
+        "no_tenant",
+        "no_key",
+        "bad_base_url",
+        "password_in_base_url",
+        "bad_tenant",
+    ],
 )
 def test_bad_input_changes_nothing(
     tmp_path: Path, args: list[str], stdin: str, status: int, message: str, api_key: str

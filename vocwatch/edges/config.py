@@ -55,6 +55,19 @@ class ApiSettings(_Section):
     verify_tls: bool = True
     ca_bundle: Path | None = None
 
+    @field_validator("base_url")
+    @classmethod
+    def _only_where(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        # Whatever the URL carries reaches every log line and error that names the API.
+        if value.username or value.password:
+            raise ValueError(
+                "carries a user name or password; the API takes only the bearer key: put the key in "
+                "api.api_key_file (vocwatch setup writes it) and write the URL as https://HOST[:PORT][/PATH]"
+            )
+        if value.query or value.fragment:
+            raise ValueError("has a query or fragment; write it as https://HOST[:PORT][/PATH]: the API paths follow it")
+        return value
+
 
 class FoldersSettings(_Section):
     inbox: Path = Path("/var/spool/vocwatch/inbox")
