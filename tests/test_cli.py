@@ -115,6 +115,25 @@ def test_upload_backfills_a_folder_once_and_exit_status_tells_if_all_succeeded(
     assert "bad.error.json" in spool.files(spool.failed)
 
 
+def test_upload_records_a_lone_recording_it_fails_in_the_ledger(
+    spool: Spool, sim: Simulator, make_settings, tmp_path: Path
+) -> None:
+    make_settings()
+    backlog = tmp_path / "old-recordings"
+    drop(backlog, "a.wav", "old-a")
+    (backlog / "a.json").rename(backlog / "lost.json")  # its recording is not there: missing_recording
+    config = str(tmp_path / "config.toml")
+    done = vocwatch("upload", "--config", config, str(backlog))
+    assert done.returncode == 1, done.stderr[-2000:]
+    listed = vocwatch("ledger", "list", "--config", config, "--state", "failed")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((r["file"], r["error"].partition(":")[0]) for r in rows) == [
+        ("a.wav", "missing_sidecar"),
+        ("lost.json", "missing_recording"),
+    ], listed.stdout
+    assert sorted(spool.files(spool.failed)) == ["a.error.json", "a.wav", "lost.error.json", "lost.json"]
+
+
 def test_api_key_never_appears_in_any_log_line(spool: Spool, sim: Simulator, make_settings, tmp_path: Path) -> None:
     sim.state.unauthorized_for(3600)
     make_settings(log__level="debug", log__format="json")

@@ -21,6 +21,10 @@ import pytest
 from conftest import TENANT, Spool, drop, running, wait_for
 from ingest_support import captured_log, make_socket, put, put_atomic, sidecar, wav_bytes, write_settings
 
+from vocwatch.core.pairing import printable
+from vocwatch.core.states import Row, State
+from vocwatch.edges.clock import SystemClock
+from vocwatch.edges.ledger import Ledger
 from vocwatch.testing.samples import write_mp3
 from vocwatch.testing.simulator import SimState, Simulator
 
@@ -260,6 +264,7 @@ class TableRun:
     probe_done: bool
     log: list[dict[str, Any]]
     spool: Spool
+    rows: list[Row]
 
 
 def fate_of(case: Case, spool: Spool, received: list[Any], sent: bytes | None) -> Fate:
@@ -314,7 +319,12 @@ def table_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TableRun]:
                 _try_wait(lambda: daemon.planner.scans >= scans + 2, 10, "two more rescans")
             received = list(sim.state.received)
             fates = {c.id: fate_of(c, spool, received, sent[c.id]) for c in CASES}
-            yield TableRun(fates, settled and probe, log(), spool)
+            ledger = Ledger(spool.ledger_path, SystemClock(), holder="reader")
+            try:
+                rows = list(ledger.iter_all())
+            finally:
+                ledger.close()
+            yield TableRun(fates, settled and probe, log(), spool, rows)
         finally:
             sim.stop()
 
@@ -344,6 +354,9 @@ def test_input_lands_where_the_table_says(table_run: TableRun, case: Case) -> No
         assert not fate.uploads, "a refused recording is never sent"
         assert fate.error is not None and fate.error["message"] and fate.error["explanation"]
         assert os.path.lexists(table_run.spool.failed / case.key), "the file itself is kept in failed/"
+        # Failures decided before a claim too (a lone half, a name that cannot be claimed): a row says so.
+        mine = [r for r in table_run.rows if r.destination == printable(str(table_run.spool.failed / case.key))]
+        assert [(r.state, (r.last_error or "").partition(":")[0]) for r in mine] == [(State.FAILED, case.expect)]
     assert table_run.probe_done, "a pair dropped after all the cases still reaches done/"
 
 

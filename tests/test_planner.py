@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import cast
 
 import pytest
 import structlog
 from support.fakes import FakeClock, QueuePool
 
-from vocwatch.core.pairing import Rules
+from vocwatch.core.model import Problem
+from vocwatch.core.pairing import Expired, Rules
+from vocwatch.core.reasons import Reason
+from vocwatch.core.states import State
 from vocwatch.edges.folders import Claimed, Folders
+from vocwatch.edges.ledger import Ledger
 from vocwatch.runtime.planner import Planner, ScanOptions
 from vocwatch.runtime.pool import Pool
+from vocwatch.runtime.unpaired import fail_unpaired
 from vocwatch.testing.samples import write_wav
 
 SETTLE, TIMEOUT = 2.0, 30.0
@@ -35,8 +40,10 @@ class Rig:
         )
         self.folders.ensure()
         options = ScanOptions(rules=Rules(SETTLE, TIMEOUT, True), ignore=(".*", "*.tmp"), recursive=True, rescan_s=60)
+        self.ledger = Ledger(root / "ledger.sqlite3", self.clock, holder="me")
         self.planner = Planner(
             folders=self.folders,
+            ledger=self.ledger,
             pool=cast(Pool, self.pool),
             clock=self.clock,
             options=options,
@@ -86,6 +93,27 @@ def test_a_recording_without_its_sidecar_waits_then_fails_as_missing_sidecar(rig
     assert rig.look(TIMEOUT) == []
     error = json.loads((rig.root / "failed" / "lone.error.json").read_text())
     assert error["reason"] == "missing_sidecar" and not (rig.inbox / "lone.wav").exists()
+
+
+def test_a_failure_decided_before_a_claim_has_a_failed_row_naming_its_reason_and_place(rig: Rig) -> None:
+    write_wav(rig.inbox / "lone.wav", seconds=0.05)
+    rig.look()
+    rig.look(TIMEOUT + SETTLE)
+    [row] = rig.ledger.iter_all()
+    assert (row.state, row.recording_id, row.file) == (State.FAILED, "lone", "lone.wav")
+    assert row.destination == str(rig.root / "failed" / "lone.wav") and os.path.exists(row.destination)
+    assert (row.last_error or "").startswith("missing_sidecar: ")
+
+
+def test_files_another_process_failed_first_get_no_second_row_and_no_error_file(rig: Rig) -> None:
+    """On a shared inbox only the process whose move won records the failure."""
+    write_wav(rig.inbox / "lone.wav", seconds=0.05)
+    gone = Expired((PurePosixPath("lone.wav"),), Problem(Reason.MISSING_SIDECAR, "no sidecar"))
+    log = structlog.get_logger("test")
+    assert fail_unpaired(rig.folders, rig.ledger, rig.inbox, gone, rig.clock, log) is not None
+    assert fail_unpaired(rig.folders, rig.ledger, rig.inbox, gone, rig.clock, log) is None
+    assert len(list(rig.ledger.iter_all())) == 1
+    assert sorted(p.name for p in (rig.root / "failed").iterdir()) == ["lone.error.json", "lone.wav"]
 
 
 def test_a_full_pool_keeps_ready_pairs_and_feeds_them_as_room_frees(tmp_path: Path) -> None:

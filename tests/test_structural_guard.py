@@ -71,8 +71,10 @@ class Site:
         assert self.folders.lock()
         self.pool = TakenPairs()
         self.log = EventLog()
+        self.ledger = Ledger(root / "ledger.sqlite3", self.clock, holder="host-1")
         self.planner = Planner(
             folders=self.folders,
+            ledger=self.ledger,
             pool=self.pool,  # type: ignore[arg-type]
             clock=self.clock,
             options=ScanOptions(
@@ -84,7 +86,6 @@ class Site:
             ),
             log=self.log,
         )
-        self.ledger = Ledger(root / "ledger.sqlite3", self.clock, holder="host-1")
         self.uploader = MemoryUploader()
         self.pipeline = Pipeline(
             folders=self.folders,

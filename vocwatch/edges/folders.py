@@ -367,8 +367,9 @@ class Folders:
 
     def fail_in_place(
         self, origin: Path, files: Sequence[PurePosixPath], error: Mapping[str, Any], *, flat: bool = False
-    ) -> None:
-        """Move files that never formed a pair straight from ``origin`` to failed/, with the reason.
+    ) -> list[Path]:
+        """Move files that never formed a pair straight from ``origin`` to failed/, with the reason; where
+        the ones that were there went (none: all gone meanwhile, and no error file is left for nothing).
 
         ``flat``: to the top of failed/, for files whose folders make the path too long there.
         """
@@ -382,11 +383,18 @@ class Folders:
                 break
         err.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(err, json.dumps(error, indent=2, ensure_ascii=False) + "\n")
+        moved: list[Path] = []
         for rel, target in zip(files, targets, strict=True):
             target.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.lexists(origin / rel):
+            try:
                 _move_no_clobber(origin / rel, target)
+            except FileNotFoundError:
+                continue  # taken meanwhile (another daemon on a shared inbox, or the producer)
+            moved.append(target)
+        if not moved:
+            err.unlink(missing_ok=True)
         _fsync_dirs({t.parent for t in targets} | {(origin / f).parent for f in files})
+        return moved
 
     def claims_in_work(self, require_sidecar: bool = True) -> Iterator[tuple[Claimed, bool]]:
         """What lies in work/ (left by a crash or a stopped upload), each with whether it is a whole pair.

@@ -17,10 +17,10 @@ from pathlib import Path, PurePosixPath
 import structlog
 
 from vocwatch.core.model import End, Pair
-from vocwatch.core.pairing import Expired, classify
+from vocwatch.core.pairing import Expired, classify, printable
 from vocwatch.edges.folders import Claimed
 from vocwatch.runtime.daemon import SHUTDOWN_MARGIN_S, Parts
-from vocwatch.runtime.errors import error_document
+from vocwatch.runtime.unpaired import fail_unpaired
 
 GOOD = frozenset({End.ACCEPTED, End.DUPLICATE, End.DONE})
 Batch = tuple[Path, list[Pair], list[Expired]]
@@ -197,12 +197,18 @@ class Backfill:
         return True
 
     def _fail_expired(self, origin: Path, expired: list[Expired]) -> None:
+        p = self.parts
         for gone in expired:
             first: PurePosixPath = gone.files[0]
-            error = error_document(first.name, None, first.stem, gone.problem, self.parts.clock)
-            self.parts.folders.fail_in_place(origin, gone.files, error)
-            self._log.warning("upload.failed", file=str(first), reason=gone.problem.code)
-            self.summary.failed_early += 1
+            try:
+                problem = fail_unpaired(p.folders, p.ledger, origin, gone, p.clock, self._log)
+            except OSError as exc:  # still where it was: the summary counts it as not sent
+                self._log.error("files.move_failed", file=printable(str(first)), error=str(exc))
+                self.summary.failed_early += 1
+                continue
+            if problem is not None:
+                self._log.warning("upload.failed", file=printable(str(first)), reason=problem.code)
+                self.summary.failed_early += 1
 
     def _drain(self) -> Summary:
         """Stop the pool against one deadline; close the ledger and client only if no worker outlived it."""

@@ -240,6 +240,7 @@ class Daemon:
         # The pool wakes the planner when a slot frees, so a backlog drains without polling.
         self.planner = Planner(
             folders=p.folders,
+            ledger=p.ledger,
             pool=p.pool,
             clock=p.clock,
             options=ScanOptions(

@@ -7,7 +7,6 @@ scan (at start and every ``rescan_seconds``) is the truth.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import heapq
 import os
 import queue
@@ -28,10 +27,11 @@ from vocwatch.core.pairing import Key, Rules, printable
 from vocwatch.edges.audio import structure_seen
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.inbox import MAX_DEPTH, Inbox, folder_depth
+from vocwatch.edges.ledgers import LedgerStore
 from vocwatch.edges.validate import open_for_writing
-from vocwatch.runtime.errors import error_document, name_too_long
 from vocwatch.runtime.order import Order, ReadyQueue
 from vocwatch.runtime.pool import Pool
+from vocwatch.runtime.unpaired import fail_unpaired
 
 # What the watcher reports (see watcher.py): created, opened, modified, closed, closed_no_write,
 # moved (with its source), deleted, folder_gone, changed; rescan (look at everything again); and
@@ -68,8 +68,18 @@ class ScanOptions:
 
 
 class Planner:
-    def __init__(self, *, folders: Folders, pool: Pool, clock: Clock, options: ScanOptions, log: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        folders: Folders,
+        ledger: LedgerStore,
+        pool: Pool,
+        clock: Clock,
+        options: ScanOptions,
+        log: Any = None,
+    ) -> None:
         self._folders = folders
+        self._ledger = ledger
         self._pool = pool
         self._clock = clock
         self._opts = options
@@ -405,28 +415,14 @@ class Planner:
     def _expire(self, expired: pairing.Expired) -> None:
         first = expired.files[0]
         rels = [str(rel) for rel in expired.files]
-        if not any(os.path.lexists(self._inbox.path(rel)) for rel in rels):
-            for rel in rels:  # gone meanwhile: nothing to fail, and no error file for nothing
-                self._inbox.forget(rel)
-            return
-        stem = pairing.classify(first.name)[1]
-        problem = expired.problem
         try:
-            try:
-                self._folders.fail_in_place(
-                    self._root, expired.files, error_document(first.name, None, stem, problem, self._clock)
-                )
-            except OSError as exc:
-                if exc.errno != errno.ENAMETOOLONG:
-                    raise
-                # Permanent (a retry meets the same path): to the top of failed/, saying where they were.
-                problem = name_too_long(str(first), exc)
-                error = error_document(first.name, None, stem, problem, self._clock, path=printable(str(first)))
-                self._folders.fail_in_place(self._root, expired.files, error, flat=True)
+            problem = fail_unpaired(self._folders, self._ledger, self._root, expired, self._clock, self._log)
         except OSError as exc:
             self._log.error("files.move_failed", file=printable(str(first)), error=str(exc))
             self._schedule(pairing.group_key(first), self._clock.monotonic() + self._opts.rescan_s)
             return
-        for rel in rels:
+        for rel in rels:  # gone meanwhile or failed: either way nothing of it is left to pair
             self._inbox.forget(rel)
+        if problem is None:
+            return
         self._log.warning("upload.failed", file=printable(str(first)), reason=problem.code, message=problem.message)
