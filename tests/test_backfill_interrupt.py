@@ -147,6 +147,23 @@ def test_two_folders_with_the_same_file_names_are_both_sent(
     assert sorted(r.metadata["id"] for r in sim.state.received) == ["call-a", "call-b"]
 
 
+def test_a_name_held_in_work_by_something_no_worker_moves_ends_the_run_naming_it(
+    tmp_path: Path, spool: Spool, sim: Simulator, make_settings: Callable[..., Any]
+) -> None:
+    # The wait for a same-named pair to leave work/ (above) waited forever when nothing would ever move it.
+    make_settings(folders__instance="bf")
+    drop(tmp_path / "a", "call.wav", "call-a")
+    drop(tmp_path / "a", "other.wav", "other-a")
+    (spool.work / "bf-upload" / "call.wav").mkdir(parents=True)  # not a file: recovery never takes it
+    command = [sys.executable, "-m", "vocwatch", "upload", "--no-progress", "--config", str(tmp_path / "config.toml")]
+    done = subprocess.run([*command, str(tmp_path / "a")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "vocwatch upload: 1 uploaded, 1 not" in done.stderr, done.stderr
+    assert "claim.blocked" in done.stderr and str(spool.work / "bf-upload" / "call.wav") in done.stderr
+    assert [r.metadata["id"] for r in sim.state.received] == ["other-a"]
+    assert (tmp_path / "a" / "call.wav").exists() and (tmp_path / "a" / "call.json").exists()
+
+
 def keep_sources_upload(config: Path, folder: Path, log: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "vocwatch", "upload", "--no-progress", "--keep-sources", "--config", str(config)]
     with log.open("w") as out:

@@ -167,10 +167,24 @@ class Backfill:
     def _claim(self, pair: Pair, origin: Path) -> Claimed | None:
         """Claim it; while a pair of the same name from another folder is still in work/, wait for it to move
         on, then try again (the daemon takes such a pair at its next scan; a backfill has no next scan)."""
-        claimed = self.parts.folders.claim(pair, origin)
-        while claimed is None and not self.stopping and os.path.lexists(self.parts.folders.work / pair.audio):
+        folders, pool = self.parts.folders, self.parts.pool
+        blocker = folders.work / pair.audio
+        claimed = folders.claim(pair, origin)
+        while claimed is None and not self.stopping and os.path.lexists(blocker):
+            if pool.wait_idle(timeout=0):
+                # Nothing queued or in flight can move it now; one more try, for a move that ended just now.
+                claimed = folders.claim(pair, origin)
+                if claimed is None and os.path.lexists(blocker):
+                    self._log.error(
+                        "claim.blocked",
+                        file=printable(str(pair.audio)),
+                        origin=printable(str(origin)),
+                        blocker=printable(str(blocker)),
+                        hint="something no worker moves holds its name in work/: move it away and run again",
+                    )
+                return claimed
             self._wait()
-            claimed = self.parts.folders.claim(pair, origin)
+            claimed = folders.claim(pair, origin)
         return claimed
 
     def _recover(self) -> list[Claimed]:
