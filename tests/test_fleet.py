@@ -297,3 +297,22 @@ def test_ledger_migrate_twice_copies_each_row_once(
         check=True,
     ).stdout
     assert none == ""
+
+
+def test_check_reports_the_fleet_ledger_not_the_sqlite_file(
+    make_settings: Callable[..., Settings], pg_url: str, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+
+    def ledger_line(url: str) -> tuple[int, str]:
+        make_settings(ledger__url=url)
+        done = subprocess.run(
+            [sys.executable, "-m", "vocwatch", "check", "--config", str(config)], capture_output=True, text=True
+        )
+        [line] = [line for line in done.stdout.splitlines() if line.split()[1:2] == ["ledger"]]
+        return done.returncode, line
+
+    status, line = ledger_line(pg_url)
+    assert "ok" in line and "reachable" in line and "sqlite3" not in line, line
+    status, line = ledger_line(pg_cluster.url("no_such_db"))
+    assert status == 1 and "FAIL" in line and "no_such_db" in line and "ledger.url" in line, line

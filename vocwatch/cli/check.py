@@ -20,7 +20,9 @@ from vocwatch.core import schedule
 from vocwatch.core.model import AuthProblem, Rejected
 from vocwatch.core.reasons import REASONS
 from vocwatch.edges.client import CrescendoClient, build_http, classify_upload
+from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import ConfigError, Settings, api_key_sources, resolve_api_key
+from vocwatch.edges.ledgers import LedgerUnavailableError, PgLedgerError, describe, open_ledger
 from vocwatch.edges.throttle import local_day_seconds
 from vocwatch.edges.watcher import choose_mode, held_open_means
 from vocwatch.runtime.daemon import check_layout
@@ -47,7 +49,19 @@ def _layout(settings: Settings) -> tuple[bool, str]:
     return True, "inbox, work, done, failed and uploaded share one filesystem"
 
 
+def _fleet_ledger(settings: Settings) -> tuple[bool, str]:
+    """The fleet's PostgreSQL ledger: reachable with this URL and password, its schema readable."""
+    try:
+        store = open_ledger(settings.ledger, SystemClock(), readonly=True)
+    except (PgLedgerError, LedgerUnavailableError) as exc:
+        return False, f"{exc}; check ledger.url, ledger.password_file and that PostgreSQL answers from here"
+    store.close()
+    return True, f"{describe(settings.ledger)}: reachable"
+
+
 def _ledger(settings: Settings) -> tuple[bool, str]:
+    if settings.ledger.url is not None:
+        return _fleet_ledger(settings)
     path = settings.ledger.path
     if not path.exists():
         ok, detail = _writable(path.parent)
