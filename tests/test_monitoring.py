@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vocwatch.core.reasons import Reason
 from vocwatch.edges.stats import Stats
+from vocwatch.testing.samples import write_wav
 from vocwatch.testing.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +229,7 @@ def test_failures_are_counted_by_reason_and_every_series_starts_at_zero() -> Non
 
 def test_every_metric_of_the_rules_and_the_dashboard_is_served(spool: Spool, sim: Simulator, make_settings) -> None:
     listen = f"127.0.0.1:{_free_port()}"
-    settings = make_settings(metrics__listen=listen, folders__done_after="completed")
+    settings = make_settings(metrics__listen=listen, folders__done_after="completed", watch__pair_timeout_seconds=1)
     sim.state.faults.unauthorized_until = time.monotonic() + 60
     with running(settings):
         drop(spool.inbox, "ok.wav", "mon-ok")
@@ -240,6 +241,8 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_served(spool: Spool, sim
         drop(spool.inbox, "bad.wav", "bad id!")
         wait_for(lambda: (spool.failed / "job.error.json").exists(), what="the failed job in failed/")
         wait_for(lambda: (spool.failed / "bad.error.json").exists(), what="the invalid id in failed/")
+        write_wav(spool.inbox / "lone.wav", seconds=0.05)  # its sidecar never comes: failed before any claim
+        wait_for(lambda: (spool.failed / "lone.error.json").exists(), what="the lone recording in failed/")
         served = scrape(listen)
         body = httpx.get(f"http://{listen}/metrics").text
         spool.inbox.rename(spool.root / "inbox-gone")  # a share that dropped: VocwatchWatcherUnhealthy's gauge
@@ -247,6 +250,7 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_served(spool: Spool, sim
     for line in (
         'vocwatch_failures_total{reason="invalid_id"} 1.0',
         'vocwatch_failures_total{reason="job_failed"} 1.0',
+        'vocwatch_failures_total{reason="missing_sidecar"} 1.0',
         'vocwatch_uploads_total{outcome="failed"} 1.0',
         'vocwatch_uploads_total{outcome="done"} 2.0',
         "vocwatch_auth_paused 0.0",

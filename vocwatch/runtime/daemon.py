@@ -251,6 +251,7 @@ class Daemon:
                 order=settings.upload.order,
                 incomplete_timeout_s=watch.incomplete_timeout_seconds,
             ),
+            on_failed=p.stats.failed,
         )
         p.pool.on_idle = self.planner.hint
         if p.lease is not None:

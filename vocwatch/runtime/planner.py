@@ -13,7 +13,7 @@ import queue
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, cast
@@ -77,9 +77,11 @@ class Planner:
         clock: Clock,
         options: ScanOptions,
         log: Any = None,
+        on_failed: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._folders = folders
         self._ledger = ledger
+        self._on_failed = on_failed  # the failures metric, by reason
         self._pool = pool
         self._clock = clock
         self._opts = options
@@ -425,4 +427,5 @@ class Planner:
             self._inbox.forget(rel)
         if problem is None:
             return
+        self._on_failed(problem.code)
         self._log.warning("upload.failed", file=printable(str(first)), reason=problem.code, message=problem.message)
