@@ -217,9 +217,10 @@ def _extras_hidden(names: tuple[str, ...] = OPTIONAL_EXTRAS) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _collector_paused(*, freeze: bool) -> Iterator[None]:
-    """Python's cyclic garbage collector off while a command's modules load: some 130 collections (a tenth
-    of `vocwatch run`'s start-up) that find next to nothing, the heap only growing; then on again, frozen
-    first if asked (else its first collection would scan the whole import-built heap as young objects)."""
+    """Python's cyclic garbage collector off while a command's modules load: some 130 collections (tens of
+    milliseconds of `vocwatch run`'s start-up) that find next to nothing, the heap only growing; then on
+    again, frozen first if asked (else its first collection would scan the whole import-built heap as young
+    objects)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

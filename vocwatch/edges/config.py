@@ -275,8 +275,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         except (OSError, ValueError) as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     toml_path = path
-    # The file reaches Settings' sources through a context variable, not a subclass made per call: a
-    # pydantic class costs its schema build, a few milliseconds of every start.
+    # The file reaches Settings' sources through a context variable, not a subclass made per call: each new
+    # pydantic class pays its own schema build (about a millisecond of every start).
     token = _LOADING.set(toml_path)
     try:
         loaded = Settings(**overrides)
