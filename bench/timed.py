@@ -157,22 +157,30 @@ def backlog(sink: Sink, work: Path, pairs: int, marks: tuple[int, int], *, timeo
     }
 
 
-def startup(sink: Sink, work: Path) -> dict[str, Any]:
-    """The daemon on an empty inbox: seconds to READY, and the CPU and memory start-up alone costs."""
-    run = work / "runs" / "startup"
-    shutil.rmtree(run, ignore_errors=True)
-    child = _start_daemon(run, sink, workers=4)
-    try:
-        ready = _wait_log(run / "log", '"daemon.ready"', 20)
-        ready_s = time.monotonic() - child.started
-        rss = rss_mb(child.pid)
-    finally:
-        measured = child.finish(terminate=True)
-    if ready:
+def startup(sink: Sink, work: Path, *, launches: int = 5) -> dict[str, Any]:
+    """The daemon on an empty inbox: seconds to READY, and the CPU and memory start-up alone costs; the
+    median launch of ``launches`` (one launch on a shared 2-core machine varies by +-30%)."""
+    runs: list[dict[str, Any]] = []
+    for _ in range(launches):
+        run = work / "runs" / "startup"
         shutil.rmtree(run, ignore_errors=True)
+        child = _start_daemon(run, sink, workers=4)
+        try:
+            ready = _wait_log(run / "log", '"daemon.ready"', 20)
+            ready_s = time.monotonic() - child.started
+            rss = rss_mb(child.pid)
+        finally:
+            measured = child.finish(terminate=True)
+        if not ready:
+            return {"ready_s": None, "rss_mb": round(rss, 1), "cpu_s": round(measured.cpu_s, 3), "note": "no READY"}
+        shutil.rmtree(run, ignore_errors=True)
+        runs.append({"ready_s": ready_s, "rss_mb": rss, "cpu_s": measured.cpu_s})
+    chosen = sorted(runs, key=lambda r: r["ready_s"])[(len(runs) - 1) // 2]
     return {
-        "ready_s": round(ready_s, 3) if ready else None,
-        "rss_mb": round(rss, 1),
-        "cpu_s": round(measured.cpu_s, 3),
-        "note": "vocwatch run on an empty inbox, stopped once READY; CPU includes the shutdown",
+        "ready_s": round(chosen["ready_s"], 3),
+        "rss_mb": round(chosen["rss_mb"], 1),
+        "cpu_s": round(chosen["cpu_s"], 3),
+        "ready_s_all": [round(r["ready_s"], 3) for r in runs],
+        "note": f"vocwatch run on an empty inbox, stopped once READY; the median of {launches} launches; "
+        "CPU includes the shutdown",
     }

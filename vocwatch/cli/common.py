@@ -10,9 +10,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from vocwatch.edges.config import Settings, load_settings
-from vocwatch.edges.logs import configure
+if TYPE_CHECKING:  # imported where used: `vocwatch --help` and the parser load no pydantic or structlog
+    from vocwatch.edges.config import Settings
 
 EX_OK = os.EX_OK
 EX_USAGE = os.EX_USAGE  # 64
@@ -31,6 +32,9 @@ PACKAGE_KEY = Path("/etc/vocwatch/api-key")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from vocwatch.edges.config import load_settings
+    from vocwatch.edges.logs import configure
+
     settings = load_settings(getattr(args, "config", None))
     configure(settings.log.level, settings.log.format, redact=settings.log.redact)
     return settings

@@ -2,7 +2,8 @@
 
 ``core.audio`` decides from the bytes; this module gives it ``os.pread`` on a file opened safely
 (``validate.open_regular``: no links, regular files only). mutagen supplies the duration, sample rate
-and channels for the ledger; it reads tags and headers, not the audio.
+and channels for the ledger; it reads tags and headers, not the audio. It is imported at its first use: a
+whole WAV's own headers say it all, so a daemon that only ever sees WAVs never loads it (nor does start-up).
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-
-import mutagen
-import mutagen.mp3
-import mutagen.wave
 
 from vocwatch.core.audio import Complete, Seen, Verdict, check, kind_of, wav_codec
 from vocwatch.core.model import Problem
@@ -77,6 +74,10 @@ def facts(fh: IO[bytes], name: str, verdict: Verdict | None) -> AudioFacts:
         # A whole WAV's own headers say all mutagen would (its length is the data chunk over the byte
         # rate, as mutagen counts it): no second parse of the file (about 60 us a file).
         return AudioFacts(round(float(own.duration_s or 0.0), 3) or None, own.codec, own.sample_rate, own.channels)
+    import mutagen  # here, not at the top: only a recording that the headers do not fully describe needs it
+    import mutagen.mp3
+    import mutagen.wave
+
     at = fh.tell()
     try:
         fh.seek(0)

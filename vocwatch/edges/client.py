@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -95,12 +96,20 @@ def build_http(
     verify: bool | str = True,
     trust_env: bool = False,
     proxy: str | None = None,
+    tls: bool = True,
 ) -> httpx.Client:
-    """One connection pool shared by all workers; TLS verified; no redirects followed."""
+    """One connection pool shared by all workers; TLS verified; no redirects followed.
+
+    ``tls=False`` (a plain ``http://`` API): no certificate store is loaded (about 10-20 ms of start-up:
+    the CA bundle parsed), since no request would use it, no redirect being followed. The context given
+    instead trusts no certificate at all: an ``https://`` URL could never be reached through it unverified.
+    """
+    # Without TLS: a context that verifies host and chain, against an empty store.
+    context: bool | str | ssl.SSLContext = verify if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     return httpx.Client(
         timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
         limits=httpx.Limits(max_connections=workers + 2, max_keepalive_connections=workers + 2),
-        verify=verify,
+        verify=context,
         trust_env=trust_env,
         proxy=proxy,
         follow_redirects=False,

@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import socket
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,9 @@ from pydantic_settings import (
 from vocwatch.core import schedule
 
 EX_CONFIG = os.EX_CONFIG  # 78: a bad configuration
+
+# The TOML file of the load_settings call in progress (in this thread), for Settings' sources.
+_LOADING: ContextVar[Path | None] = ContextVar("vocwatch_config_loading", default=None)
 
 DEFAULT_IGNORE = (".*", "*.tmp", "*.part", "*.partial", "*~", "*.swp")
 
@@ -235,6 +239,22 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then VOCWATCH_SECTION__KEY variables, then the TOML file being loaded, if any."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
+        toml_path = _LOADING.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
     @property
     def instance(self) -> str:
         """This daemon's work sub-folder: host name plus a short hash of the ledger path."""
@@ -268,26 +288,15 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         except (OSError, ValueError) as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     toml_path = path
-
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
-            if toml_path is not None:
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
-            return tuple(sources)
-
+    # The file reaches Settings' sources through a context variable, not a subclass made per call: each new
+    # pydantic class pays its own schema build (about a millisecond of every start).
+    token = _LOADING.set(toml_path)
     try:
-        loaded = _Loaded(**overrides)
+        loaded = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError([_describe(err, toml_path) for err in _unioned(exc.errors())]) from exc
+    finally:
+        _LOADING.reset(token)
     return loaded
 
 

@@ -151,6 +151,8 @@ def build(
         verify=verify,
         trust_env=api.trust_env,
         proxy=api.proxy,
+        # A CA bundle that is named is still loaded (a missing one stops the start, as it always did).
+        tls=api.base_url.scheme == "https" or api.ca_bundle is not None,
     )
     up = settings.upload
     # One limiter for every worker of this process: upload.bandwidth holds for all of them together.
