@@ -6,11 +6,11 @@ again, and every upload's metadata belongs to its own audio.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from support.digests import content_digest
 from support.fakes import Crash, CrashAt
 from support.world import World
 
@@ -59,7 +59,7 @@ def _check(world: World) -> None:
     ids = {name: rid for name, rid, _ in DROPS}
     by_sha = {}
     for name, content in CONTENTS.items():
-        by_sha[hashlib.sha256(content).hexdigest()] = ids[name]
+        by_sha[content_digest(content)] = ids[name]
     # Nothing in limbo: the inbox and work/ are empty, every row is final.
     assert world.files("inbox") == []
     assert world.files("work") == []
@@ -69,13 +69,13 @@ def _check(world: World) -> None:
     assert rows and all(r.state in FINAL for r in rows), [(r.recording_id, r.state) for r in rows]
     if world.done_action == DoneAction.DELETE:
         # Nothing kept and nothing lost: done/ stays empty, and each recording has a row that ended in done
-        # with its job id and sha256 (it reached Crescendo), its files deleted.
+        # with its job id and digest (it reached Crescendo), its files deleted.
         assert world.files("done") == [] and world.files("uploaded") == [], world.files("done")
         ended = {r.sha256 for r in rows if r.state == State.DONE and r.job_id}
         assert ended == set(by_sha), rows
         for row in rows:
             if row.job_id is not None:
-                sent = [r for r in world.uploader.received if r.sha256 == row.sha256]
+                sent = [r for r in world.uploader.received if r.digest == row.sha256]
                 assert sent[-1].job_id == row.job_id, (row.recording_id, [s.job_id for s in sent])
         return
     # Nothing lost: each recording is in done/ exactly once, whole, beside its own sidecar.
@@ -86,11 +86,11 @@ def _check(world: World) -> None:
         assert json.loads(sidecar.read_text())["id"] == by_sha[done[audio]]
     # Every upload's metadata belongs to its own audio.
     for got in world.uploader.received:
-        assert got.metadata["id"] == by_sha[got.sha256]
+        assert got.metadata["id"] == by_sha[got.digest]
     # Nothing whose job id was committed is sent again: the committed job is the last one issued.
     for row in rows:
         if row.job_id is not None:
-            sent = [r for r in world.uploader.received if r.sha256 == row.sha256]
+            sent = [r for r in world.uploader.received if r.digest == row.sha256]
             assert sent[-1].job_id == row.job_id, (row.recording_id, [s.job_id for s in sent])
 
 

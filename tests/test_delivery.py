@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from conftest import Spool, drop, running, start_daemon, wait_for
+from support.digests import content_digest
 
 from vocwatch.testing.samples import write_sidecar, write_wav
 from vocwatch.testing.simulator import Simulator
@@ -80,12 +81,13 @@ def test_rotated_key_file_is_read_again_without_restart(
     assert _states(spool) == {"a": "done"}
 
 
-def test_uploads_carry_an_idempotency_key_of_id_and_sha256(spool: Spool, sim: Simulator, make_settings) -> None:
+def test_uploads_carry_an_idempotency_key_of_id_and_content_digest(spool: Spool, sim: Simulator, make_settings) -> None:
     audio, _ = drop(spool.inbox, "k.wav", "rec-k")
-    sha = hashlib.sha256(audio.read_bytes()).hexdigest()
+    digest = content_digest(audio.read_bytes())
     with running(make_settings()):
         wait_for(lambda: _all_done(spool, 1), what="upload")
-    assert [r.idempotency_key for r in sim.state.received] == [f"rec-k-{sha}"]
+    assert [r.idempotency_key for r in sim.state.received] == [f"rec-k-{digest}"]
+    assert [r.sha256 for r in spool.rows()] == [digest]
 
 
 def test_same_id_and_content_again_is_a_duplicate_and_not_sent(spool: Spool, sim: Simulator, make_settings) -> None:

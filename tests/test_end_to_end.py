@@ -29,7 +29,7 @@ def test_wav_and_mp3_pairs_reach_done_with_job_ids_in_ledger(spool: Spool, sim: 
     assert all(j and j.startswith("job-voc-") for j in jobs)
     assert spool.files(spool.done) == ["call-1.json", "call-1.wav", "call-2.MP3", "call-2.json"]
     assert spool.files(spool.inbox) == []
-    assert all(r.attempts == 1 and r.size > 0 and len(r.sha256) == 64 for r in rows)
+    assert all(r.attempts == 1 and r.size > 0 and r.sha256.startswith("blake3:") for r in rows)
 
 
 def test_simulator_receives_exactly_the_dropped_bytes_and_metadata(spool: Spool, sim: Simulator, make_settings) -> None:

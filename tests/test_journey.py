@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from vocwatch.core.content import Content
 from vocwatch.core.journey import (
     Busy,
     Conflict,
@@ -29,7 +30,8 @@ from vocwatch.core.journey import (
 from vocwatch.core.states import FINAL, TRANSITIONS, JobState, Row, Stage, State, allowed, sources
 
 ME, OTHER, GONE = "host-1", "host-1-upload", "host-2"
-SHA, OTHER_SHA = "a" * 64, "b" * 64
+SHA, OTHER_SHA = "blake3:" + "a" * 64, "blake3:" + "b" * 64
+CONTENT = Content(SHA)
 
 
 def row(state: State, *, sha: str = SHA, file: str = "call.wav", holder: str | None = ME, rid: int = 1, **kw) -> Row:
@@ -59,7 +61,7 @@ def row(state: State, *, sha: str = SHA, file: str = "call.wav", holder: str | N
 
 
 def seen(*, alive: frozenset[str] = frozenset({OTHER}), linked: frozenset[int] = frozenset()) -> Seen:
-    return Seen("rec-1", SHA, "call.wav", ME, alive, linked)
+    return Seen("rec-1", CONTENT, "call.wav", ME, alive, linked)
 
 
 # One row of each kind, alone: (row, observation) -> the step's type.
@@ -150,7 +152,7 @@ LONE = [
 
 @pytest.mark.parametrize(("rows", "linked", "step"), LONE)
 def test_decide_for_a_lone_recording_in_work(rows: list[Row], linked: frozenset[int], step: type) -> None:
-    observed = LoneSeen("call.wav", SHA, ME, frozenset({OTHER}), linked)
+    observed = LoneSeen("call.wav", CONTENT, ME, frozenset({OTHER}), linked)
     assert type(decide_lone(rows, observed)) is step
 
 
@@ -243,7 +245,7 @@ def test_decide_with_done_action_delete(existing: Row, step: type) -> None:
     ],
 )
 def test_decide_lone_with_done_action_delete(rows: list[Row], step: type) -> None:
-    observed = LoneSeen("call.wav", SHA, ME, frozenset({OTHER}), frozenset())
+    observed = LoneSeen("call.wav", CONTENT, ME, frozenset({OTHER}), frozenset())
     assert type(decide_lone(rows, observed, DELETE)) is step
 
 

@@ -35,14 +35,14 @@ def _local(hour: int, minute: int, second: int = 0, days: int = 0) -> float:
 # -- folders.done_action = "delete" --------------------------------------------------------------------
 
 
-def test_delete_after_acceptance_keeps_the_row_and_its_sha256(spool: Spool, make_settings: Callable[..., Any]) -> None:
+def test_delete_after_acceptance_keeps_the_row_and_its_digest(spool: Spool, make_settings: Callable[..., Any]) -> None:
     with running(make_settings(folders__done_action="delete")):
         drop(spool.inbox, "call.wav", "rec-1")
         wait_for(lambda: [r for r in spool.rows() if r.state == State.DONE], what="the row done")
         wait_for(lambda: not spool.files(spool.inbox), what="the inbox empty")
     assert spool.files(spool.done) == [] and not list(spool.work.rglob("*.*"))
     (row,) = spool.rows()
-    assert row.state == State.DONE and row.job_id and len(row.sha256) == 64 and row.destination is None
+    assert row.state == State.DONE and row.job_id and len(row.sha256) == 71 and row.destination is None
 
 
 def test_a_duplicate_is_deleted_too_and_its_row_kept(spool: Spool, make_settings: Callable[..., Any]) -> None:

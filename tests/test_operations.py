@@ -103,6 +103,7 @@ def test_ledger_list_and_show_answer_did_recording_x_arrive(
         shown = _cli("ledger", "show", "--config", config, ident)
         assert shown.returncode == 0 and "query-1" in shown.stdout and job in shown.stdout
         assert "uploading" in shown.stdout and "accepted" in shown.stdout  # the history
+        assert "sha256: blake3:" in shown.stdout and "(content digest: BLAKE3-256)" in shown.stdout
     assert _cli("ledger", "show", "--config", config, "nope").returncode == 1
     assert _cli("ledger", "list", "--config", config, "--since", "soon").returncode == 64
 

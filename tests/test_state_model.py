@@ -13,7 +13,6 @@ content says which drop a file belongs to.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from support.digests import content_digest
 from support.fakes import LOST, Crash, CrashAt, FullDiskAt, Lost, MemoryUploader
 from support.world import World
 
@@ -64,7 +64,7 @@ class Drop:
 
     @property
     def sha(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
+        return content_digest(self.content)
 
 
 def _content(name: str, n: int) -> bytes:
@@ -249,7 +249,7 @@ class DaemonModel(RuleBasedStateMachine):
         inodes: dict[str, set[tuple[int, int]]] = {}
         for path in self._audio_files():
             st_ = os.lstat(path)
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            sha = content_digest(path.read_bytes())
             inodes.setdefault(sha, set()).add((st_.st_dev, st_.st_ino))
         want = Counter(d.sha for d in self.drops)
         have = {sha: len(found) for sha, found in inodes.items()}
@@ -262,7 +262,7 @@ class DaemonModel(RuleBasedStateMachine):
         for path in self._audio_files():
             sidecar = path.with_name(path.stem + ".json")
             if sidecar.exists():
-                sha = hashlib.sha256(path.read_bytes()).hexdigest()
+                sha = content_digest(path.read_bytes())
                 got = json.loads(sidecar.read_text())["id"]
                 assert got == rid_of[sha], f"{path.relative_to(self.root)} carries {got}, its drop is {rid_of[sha]}"
 
@@ -270,8 +270,8 @@ class DaemonModel(RuleBasedStateMachine):
     def every_upload_carries_its_own_metadata(self) -> None:
         rid_of = self._sha_of()
         for got in self.world.uploader.received:
-            assert got.metadata["id"] == rid_of[got.sha256], (got.filename, got.metadata)
-            assert got.idempotency_key == f"{rid_of[got.sha256]}-{got.sha256}"
+            assert got.metadata["id"] == rid_of[got.digest], (got.filename, got.metadata)
+            assert got.idempotency_key == f"{rid_of[got.digest]}-{got.digest}"
 
     @invariant()
     def ledger_agrees(self) -> None:
@@ -284,7 +284,7 @@ class DaemonModel(RuleBasedStateMachine):
             if row.job_id is not None and row.state != State.FAILED:
                 issued = [i for i, r in enumerate(received) if r.job_id == row.job_id]
                 assert issued, f"{row.job_id} was never issued"
-                again = [r for r in received[issued[0] + 1 :] if r.sha256 == row.sha256]
+                again = [r for r in received[issued[0] + 1 :] if r.digest == row.sha256]
                 assert not again, f"{row.recording_id} sent again after {row.job_id} was committed"
             # At most one open row per recording and content.
             assert opened[(row.recording_id, row.sha256)] <= 1, (row.recording_id, row.state)
@@ -292,7 +292,7 @@ class DaemonModel(RuleBasedStateMachine):
             if row.state in (State.DONE, State.DUPLICATE):
                 assert row.destination is not None and os.path.lexists(row.destination), (row.state, row)
                 with open(row.destination, "rb") as fh:
-                    assert hashlib.file_digest(fh, "sha256").hexdigest() == row.sha256, row
+                    assert content_digest(fh.read()) == row.sha256, row
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from support.digests import content_digest
 from vocwatch.core.model import Accepted, Outcome, Rejected, Retry
 from vocwatch.edges.client import JobStatus, StatusOutcome
 from vocwatch.edges.effects import Effect, point
@@ -93,7 +93,7 @@ LOST = Lost()
 class Received:
     filename: str
     metadata: dict[str, object]
-    sha256: str
+    digest: str  # of the body, as vocwatch writes it (support.digests): what tests compare the ledger with
     size: int
     idempotency_key: str
     job_id: str | None  # None: the server refused it or answered with an error
@@ -128,7 +128,7 @@ class MemoryUploader:
                 Received(
                     filename,
                     json.loads(metadata),
-                    hashlib.sha256(body).hexdigest(),
+                    content_digest(body),
                     len(body),
                     idempotency_key,
                     job,

@@ -7,7 +7,6 @@ files and the ledger file stay. Pairs are journeyed one at a time, as a worker w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from support.digests import content_digest
 from support.fakes import FakeClock, MemoryUploader, NullRecorder
 from vocwatch.core.journey import DoneAction, OnConflict
 from vocwatch.core.model import Pair, Retry
@@ -206,7 +206,7 @@ class World:
     def contents(self, folder: str) -> dict[str, str]:
         base = self.root / folder
         return {
-            p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            p.relative_to(base).as_posix(): content_digest(p.read_bytes())
             for p in base.rglob("*")
             if p.is_file() and not p.name.endswith(".json")
         }

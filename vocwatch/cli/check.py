@@ -109,7 +109,7 @@ def _months(settings: Settings) -> list[Check]:
         "move": f"accepted pairs are kept in {f.done}",
         "delete": "both files are deleted once accepted"
         + (" and completed" if f.done_after == "completed" else "")
-        + "; the ledger keeps the row and sha256",
+        + "; the ledger keeps the row and its content digest",
     }[f.done_action]
     layout = f"{f.done}/{f.done_layout}/..." if f.done_layout else "flat: the inbox's own sub-folders"
     order = "oldest first (by mtime)" if up.order == "oldest" else "in order of arrival"

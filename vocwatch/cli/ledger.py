@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from vocwatch.cli.common import EX_NOINPUT, EX_USAGE, settings_from
+from vocwatch.core.content import Scheme, scheme
 from vocwatch.core.states import State
 from vocwatch.edges.clock import SystemClock
 from vocwatch.edges.config import Settings
@@ -194,10 +195,20 @@ def table(out: IO[str], rows: list[Row]) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n")
 
 
+# What a row's ``sha256`` field holds (the name is public; the value says its own format).
+_DIGEST_NOTE = {
+    Scheme.BLAKE3: "  (content digest: BLAKE3-256)",
+    Scheme.SHA256: "  (content digest: sha256, written by an earlier version)",
+    Scheme.NONE: "",
+}
+
+
 def show(out: IO[str], book: LedgerStore, row: Row) -> None:
     for key, value in row.export().items():
         if key.endswith("_at") and isinstance(value, float):
             value = _when(value)
+        if key == "sha256":
+            value = f"{value or '-'}{_DIGEST_NOTE[scheme(row.sha256)]}"
         out.write(f"{key:>16}: {'-' if value is None else value}\n")
     out.write(f"{'history':>16}:\n")
     for at, event, detail in book.events(row.id):

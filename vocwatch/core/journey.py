@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from vocwatch.core.content import Content, same
 from vocwatch.core.states import FINAL_JOB, OPEN, UPLOADED, JobState, Row, Stage, State
 
 
@@ -22,7 +23,7 @@ class DoneAction(StrEnum):
     """folders.done_action: what happens to a pair once its upload is accepted (or its job completed)."""
 
     MOVE = "move"  # to done/
-    DELETE = "delete"  # both files removed; the ledger keeps the row and the sha256
+    DELETE = "delete"  # both files removed; the ledger keeps the row and its content digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class Seen:
     """A whole pair found in this process's work/ folder, hashed: what decides its next step."""
 
     recording_id: str
-    sha256: str
+    content: Content  # its sha256 too when a row of this recording id carries a legacy digest
     file: str  # relative to the work folder
     me: str  # this process's holder name
     alive: frozenset[str]  # holders of this recording's rows that another live process is
@@ -127,33 +128,34 @@ def decide(
 ) -> Step:
     """The next step for a whole pair in work/, given every ledger row of its recording id."""
     for row in rows:
-        mine_here = row.sha256 == seen.sha256 and row.file == seen.file and _mine(row, seen)
+        mine_here = same(row.sha256, seen.content) and row.file == seen.file and _mine(row, seen)
         if mine_here and row.state == State.ACCEPTED:
             return FinishDelete(row) if done_action == DoneAction.DELETE else FinishMove(row)
         if mine_here and moving(row):
             return FinishMove(row)
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
             return DropCopies(row)
-    same = [r for r in rows if r.sha256 == seen.sha256]
-    held = [r for r in same if r.state in OPEN]
+    ours = [r for r in rows if same(r.sha256, seen.content)]
+    ours_ids = {r.id for r in ours}
+    held = [r for r in ours if r.state in OPEN]
     busy = [r for r in held if not _mine(r, seen)]
     # A move in progress belongs to its own file: another copy of the content never takes it over.
     takeable = [r for r in held if _mine(r, seen) and not (moving(r) and r.file != seen.file)]
-    uploaded = [r for r in same if r.state in UPLOADED]
+    uploaded = [r for r in ours if r.state in UPLOADED]
     if uploaded:
         return Duplicate(uploaded[0], takeable[-1] if takeable else None)
     if busy:
         return Busy(busy[0])
-    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.id in ours_ids)]
     take = held[-1] if held else released[-1] if released else None
-    others = [r for r in rows if r.state in UPLOADED and r.sha256 != seen.sha256]
+    others = [r for r in rows if r.state in UPLOADED and r.id not in ours_ids]
     if others and on_conflict == OnConflict.FAIL:
-        released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+        released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.id in ours_ids)]
         take = takeable[-1] if takeable else released[-1] if released else None
         return Conflict(tuple(sorted({r.job_id or "?" for r in others})), take)
     if takeable:
         return Upload(takeable[-1])
-    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.sha256 == seen.sha256)]
+    released = [r for r in rows if r.state == State.RELEASED and (r.file == seen.file or r.id in ours_ids)]
     return Upload(released[-1] if released else None)
 
 
@@ -162,7 +164,7 @@ class LoneSeen:
     """A single file in work/ whose partner is not beside it."""
 
     file: str  # relative to the work folder
-    sha256: str
+    content: Content
     me: str
     alive: frozenset[str]
     linked_to: frozenset[int] = frozenset()
@@ -174,19 +176,20 @@ LoneStep = FinishMove | FinishDelete | DropCopies | ReturnToInbox | Busy
 def decide_lone(rows: Sequence[Row], seen: LoneSeen, done_action: DoneAction = DoneAction.MOVE) -> LoneStep:
     """A lone recording in work/: its sidecar moved on (or was deleted) before a crash or a failed move (the
     sidecar always goes first), or a claim was cut short. ``rows``: the ledger's rows for this file."""
-    probe = Seen("", seen.sha256, seen.file, seen.me, seen.alive, seen.linked_to)
+    probe = Seen("", seen.content, seen.file, seen.me, seen.alive, seen.linked_to)
     for row in rows:
         if row.id in seen.linked_to and row.state in (State.DONE, State.UPLOADED, State.DUPLICATE):
             return DropCopies(row)
-        # A failure decided before its content was known has no sha256: the file and the open row say it.
-        same = row.sha256 == seen.sha256 or (moving(row) and row.sha256 == "")
-        if row.file == seen.file and same and (row.state == State.ACCEPTED or moving(row)):
+        # A failure decided before its content was known has no digest: the file and the open row say it.
+        ours = same(row.sha256, seen.content) or (moving(row) and row.sha256 == "")
+        if row.file == seen.file and ours and (row.state == State.ACCEPTED or moving(row)):
             if not _mine(row, probe):
                 return Busy(row)
             if row.state == State.ACCEPTED and done_action == DoneAction.DELETE:
                 return FinishDelete(row)
             return FinishMove(row)
-        if _deleted(row) and row.file == seen.file and row.sha256 == seen.sha256 and done_action == DoneAction.DELETE:
+        deleted_here = _deleted(row) and row.file == seen.file and same(row.sha256, seen.content)
+        if deleted_here and done_action == DoneAction.DELETE:
             return FinishDelete(row)  # its sidecar was deleted, then the process died before the recording was
     return ReturnToInbox()
 

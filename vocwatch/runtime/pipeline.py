@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -21,6 +20,7 @@ from vocwatch.core.reasons import Reason
 from vocwatch.core.states import Row, Stage, State
 from vocwatch.edges.audio import facts, structure_of
 from vocwatch.edges.client import metadata_json
+from vocwatch.edges.digest import blake3_of, sha256_of
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledgers import HolderAlive, LedgerStore
 from vocwatch.edges.validate import (
@@ -61,7 +61,7 @@ class PipelineOptions:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """What reading a claimed pair found: its id, metadata, content hash and audio facts."""
+    """What reading a claimed pair found: its id, metadata, content digest (``blake3:<hex>``) and audio facts."""
 
     recording_id: str
     metadata: Mapping[str, Any]
@@ -80,7 +80,7 @@ class Prepared:
     fh: io.BufferedReader
     metadata: str
     content_type: str
-    sha256: str
+    digest: str  # as hashed (BLAKE3): this process's key for "the same recording in flight"
     signature: tuple[int, int, int]
     log: Log
     started: float  # monotonic time the journey began, for the outcome's duration
@@ -108,7 +108,7 @@ class Pipeline:
         self.options = options
         self.recorder = recorder
         self.log = log or structlog.get_logger("vocwatch.runtime.pipeline")
-        # (recording id, sha256) of every pair between prepare() and done_with(): the same recording
+        # (recording id, digest) of every pair between prepare() and done_with(): the same recording
         # dropped twice at once must wait for the first to settle, then become its duplicate.
         self._active: set[tuple[str, str]] = set()
         self._active_lock = threading.Lock()
@@ -218,7 +218,7 @@ class Pipeline:
             log.warning("upload.truncated", why=verdict.why, **cut, note='watch.truncated = "upload": sent as it is')
         elif isinstance(verdict, Unknown):
             log.info("upload.structure_unknown", why=verdict.why, placeholder=verdict.placeholder)
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = blake3_of(fh.fileno())
         if _signature(fh) != signature:
             return Unsettled("the recording changed while it was hashed")
         if fd_open_for_writing(fh.fileno()):  # a writer appeared after the claim (pairing.py, rule 3)
@@ -238,7 +238,9 @@ class Pipeline:
                 return Unsettled("the same recording is being uploaded under another name; it waits for that one")
             self._active.add((rid, digest))
         try:
-            opened_row = self.settle.open_row(claimed, rid, digest, c.signature[0], log, c.columns)
+            opened_row = self.settle.open_row(
+                claimed, rid, digest, c.signature[0], log, c.columns, lambda: sha256_of(fh.fileno())
+            )
         except BaseException:
             self._forget_active(rid, digest)
             raise
@@ -262,7 +264,7 @@ class Pipeline:
     def done_with(self, prep: Prepared) -> None:
         """End of a prepared pair's journey, however it ended: close its file, free its recording id."""
         prep.fh.close()
-        self._forget_active(prep.row.recording_id, prep.sha256)
+        self._forget_active(prep.row.recording_id, prep.digest)
 
     def _forget_active(self, rid: str, digest: str) -> None:
         with self._active_lock:
@@ -279,7 +281,9 @@ class Pipeline:
             filename=prep.claimed.pair.audio.name,
             content_type=prep.content_type,
             metadata=prep.metadata,
-            idempotency_key=f"{prep.row.recording_id}-{prep.sha256}",
+            # The row's stored digest, never one computed now: a row an earlier version left uploading keeps
+            # the key (recording id and sha256) it was first sent with.
+            idempotency_key=f"{prep.row.recording_id}-{prep.row.sha256}",
         )
         seconds = self.clock.monotonic() - started
         # From the end of the body to the reply, where the client measures it: what a slower server shows in.

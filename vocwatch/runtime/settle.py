@@ -7,15 +7,15 @@ before its files move, so a move cut short is finished from the row, never decid
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
+from vocwatch.core.content import Content, needs_sha256, recorded
 from vocwatch.core.journey import (
     Busy,
     Conflict,
@@ -38,6 +38,7 @@ from vocwatch.core.pairing import classify
 from vocwatch.core.reasons import Reason
 from vocwatch.core.schedule import layout_folder
 from vocwatch.core.states import Row, Stage, State
+from vocwatch.edges.digest import blake3_of, of_path, sha256_of
 from vocwatch.edges.folders import Claimed, Folders
 from vocwatch.edges.ledgers import HolderAlive, LedgerStore
 from vocwatch.runtime.errors import error_document, problem_of
@@ -109,17 +110,30 @@ class Settler:
     # -- a whole pair ------------------------------------------------------------------------
 
     def open_row(
-        self, claimed: Claimed, rid: str, digest: str, size: int, log: Log, audio: Mapping[str, Any]
+        self,
+        claimed: Claimed,
+        rid: str,
+        digest: str,
+        size: int,
+        log: Log,
+        audio: Mapping[str, Any],
+        legacy: Callable[[], str],
     ) -> Row | Finished | Problem | Unsettled:
-        """The row to upload in, or how the journey ended without one (core.journey.decide)."""
+        """The row to upload in, or how the journey ended without one (core.journey.decide). ``digest``: the
+        recording's BLAKE3; ``legacy()`` its sha256, asked for only when a row of ``rid`` holds one."""
         rel = str(claimed.pair.audio)
         races = 0
+        sha256: str | None = None
         while races < MAX_RACES:
             rows = self.ledger.find(rid)
-            seen = Seen(rid, digest, rel, self.me, self._alive(rows), self._linked(claimed, rows))
+            if sha256 is None and needs_sha256(r.sha256 for r in rows):
+                sha256 = legacy()
+                log.info("claim.legacy_digest", note="a row of this recording id holds an earlier version's sha256")
+            content = Content(digest, sha256)
+            seen = Seen(rid, content, rel, self.me, self._alive(rows), self._linked(claimed, rows))
             step = decide(rows, seen, self.policy.on_conflict, self.policy.done_action)
             if isinstance(step, Upload):
-                row = self.ledger.claim(rid, digest, rel, size, step.take, audio=audio)
+                row = self.ledger.claim(rid, _kept(step.take, content), rel, size, step.take, audio=audio)
                 if row is not None:
                     return row
                 races += 1
@@ -133,7 +147,7 @@ class Settler:
             elif isinstance(step, DropCopies):
                 return self._drop_copies(claimed, step.row, log)
             elif isinstance(step, Duplicate):
-                done = self._duplicate(claimed, step, rid, digest, size, log)
+                done = self._duplicate(claimed, step, rid, _kept(step.take, content), size, log)
                 if done is not None:
                     return done
                 races += 1
@@ -147,7 +161,7 @@ class Settler:
                     return problem
                 # This content already has a row (a crash's leftover, or a put-back): it ends failed, with
                 # the recording's own id, instead of staying open beside a new failed row.
-                taken = self.ledger.claim(rid, digest, rel, size, step.take)
+                taken = self.ledger.claim(rid, _kept(step.take, content), rel, size, step.take)
                 if taken is None:
                     races += 1
                     continue
@@ -233,10 +247,13 @@ class Settler:
             step: LoneStep = ReturnToInbox()
         else:
             try:
-                digest = _sha256_of(claimed.audio)
+                content = Content(
+                    of_path(claimed.audio, blake3_of),
+                    of_path(claimed.audio, sha256_of) if needs_sha256(r.sha256 for r in rows) else None,
+                )
             except OSError:
                 return None  # let the pair's own path say why it cannot be read
-            seen = LoneSeen(rel, digest, self.me, self._alive(rows), self._linked(claimed, rows))
+            seen = LoneSeen(rel, content, self.me, self._alive(rows), self._linked(claimed, rows))
             step = decide_lone(rows, seen, self.policy.done_action)
         if isinstance(step, FinishDelete) and step.row.state != State.ACCEPTED:
             # A duplicate recorded as deleted whose sidecar went before a crash: the recording goes too.
@@ -310,9 +327,10 @@ class Settler:
         return End.FAILED
 
 
-def _sha256_of(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def _kept(take: Row | None, content: Content) -> str:
+    """The digest a claim records: the taken row's own when it names this content (an earlier version's
+    sha256 keeps its Idempotency-Key), else this version's BLAKE3."""
+    return recorded(None if take is None else take.sha256, content)
 
 
 def _same_file(a: Path, b: Path) -> bool:
