@@ -47,7 +47,6 @@ def _setup(tmp_path: Path) -> tuple[Folders, Ledger, Ledger, FakeClock]:
     return folders, Ledger(t / "l.sqlite3", clock, holder="a"), Ledger(t / "l.sqlite3", clock, holder="b"), clock
 
 
-@pytest.mark.xfail(strict=True, reason="review: the loser of the race deletes a reason file or keeps a stray link")
 @pytest.mark.parametrize(
     ("effect", "at"),
     [

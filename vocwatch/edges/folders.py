@@ -391,7 +391,8 @@ class Folders:
             except FileNotFoundError:
                 continue  # taken meanwhile (another daemon on a shared inbox, or the producer)
             moved.append(target)
-        if not moved:
+        # The reason file is another process's too when it chose these names first and moved the files there.
+        if not moved and not any(os.path.lexists(t) for t in targets):
             err.unlink(missing_ok=True)
         _fsync_dirs({t.parent for t in targets} | {(origin / f).parent for f in files})
         return moved

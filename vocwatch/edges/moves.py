@@ -89,7 +89,8 @@ def _rename(src: Path, dst: Path) -> None:
 
 
 def _move_no_clobber(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, never replacing an existing ``dst`` (FileExistsError instead).
+    """Move ``src`` to ``dst``, never replacing an existing ``dst`` (FileExistsError instead; FileNotFoundError
+    when ``src`` is gone before anything was placed at ``dst``).
 
     A hard link then unlink is atomic and refuses to overwrite; across filesystems the copy is
     fsynced before the source is deleted, so a crash or a full disk leaves at least one copy.
@@ -117,7 +118,10 @@ def _move_no_clobber(src: Path, dst: Path) -> None:
         os.rename(src, dst)
         return
     point(Effect.UNLINK, src)
-    os.unlink(src)
+    # Gone since the link (another daemon on a shared inbox moved it too): the move is done all the same,
+    # the link made here holds it. Raising would tell the caller nothing had moved, about a file it placed.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(src)
 
 
 def _copy_then_unlink(src: Path, dst: Path) -> None:
