@@ -95,7 +95,6 @@ class _FullLedger(Ledger):
         return super().record_terminal(*args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="review: a ledger error recording one failure strands the other lone files")
 def test_a_ledger_that_cannot_record_one_failure_strands_no_other_lone_file(tmp_path: Path) -> None:
     clock = FakeClock()
     t = tmp_path

@@ -22,7 +22,8 @@ def fail_unpaired(
     """Move ``expired``'s files from ``origin`` to failed/ with the reason, then record a failed row (the
     recording id is the file's stem; the digest is empty: the content was never read). None: nothing was
     there to move (another process, or the producer, took it), so there is nothing to record either.
-    OSError: the move failed; nothing was recorded, and the files are still where they were."""
+    OSError: the move failed; nothing was recorded, and the files are still where they were. A row the ledger
+    cannot write is logged (``ledger.unrecorded``), never raised: the move is done and the reason file says it."""
     first = expired.files[0]
     if not any(os.path.lexists(origin / rel) for rel in expired.files):
         return None
@@ -57,4 +58,10 @@ def fail_unpaired(
         )
     except LedgerUnavailableError as exc:  # a fleet ledger out of reach at shutdown: the reason file says it
         log.error("ledger.unrecorded", file=printable(str(first)), reason=problem.code, error=str(exc))
+    except Exception as exc:
+        # A ledger that cannot write (a full disk, a refused login): the files are in failed/ with their reason
+        # all the same. Raising would end the planner's pass and leave the rest of it unplanned, for good.
+        log.error(
+            "ledger.unrecorded", file=printable(str(first)), reason=problem.code, error=f"{type(exc).__name__}: {exc}"
+        )
     return problem
