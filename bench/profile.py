@@ -79,7 +79,7 @@ def summarize(raw: Path, top: int) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
     p.add_argument("cls", nargs="?", default="small", choices=("small", "medium", "large"))
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=lambda v: v if v == "auto" else int(v), default=4, help='a count or "auto"')
     p.add_argument("--backlog", type=int, default=0, help="profile start-up on N tiny pairs instead")
     p.add_argument("--rate", type=int, default=250)
     p.add_argument("--top", type=int, default=25)
