@@ -264,9 +264,11 @@ def test_a_round_of_slower_replies_cuts_to_three_quarters(
     state, now = _history(rules, [(w, dt, s, False) for w, dt, s, _ in replies])
     if state.overloaded or state.baseline_s is None:
         return  # a 429 already in this round (halves), or no usual wait yet to be slower than
-    slower = state.baseline_s * (1 + rules.tolerance) + rules.floor_s + 1.0
-    pending = state.wait_sum_s
-    before, after = _finish(state, rules, now, slower + pending)  # the round's mean is slower whatever came before
+    threshold = state.baseline_s * (1 + rules.tolerance) + rules.floor_s
+    # However many replies end the round (it lasts min_round_s) and however quick the ones already in it
+    # were, a mean over them all is past the threshold with each new one this slow.
+    slower = threshold * (state.replies + 1) + 1.0
+    before, after = _finish(state, rules, now, slower)
     assert after.limit == max(rules.minimum, math.floor(before * rules.decrease))
 
 

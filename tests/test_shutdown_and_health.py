@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -16,7 +17,7 @@ from test_notify import NotifySocket
 from vocwatch.core.health import Limits, Observations, Worker, healthy, upload_limit
 from vocwatch.core.model import Accepted, Outcome, Pair
 from vocwatch.edges.notify import SdNotifier
-from vocwatch.runtime.daemon import build
+from vocwatch.runtime.daemon import Daemon, build
 
 
 class BlockingUploader:
@@ -224,3 +225,30 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_and_resume_after(
         blocker.release.set()
         notifier.close()
         listener.close()
+
+
+def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_events_lock_still_stops_the_daemon(
+    spool: Spool, sim: Any, make_settings: Callable[..., Any]
+) -> None:
+    """The main loop's wait holds stop_requested's own lock for a few bytecodes each tick; a handler that set
+    the Event there waited on that lock for good (SIGTERM ignored, seen twice in the benchmark)."""
+    daemon = Daemon(make_settings())
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    daemon.install_signal_handlers()
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    returned = threading.Event()
+
+    def interrupted_inside_the_wait() -> None:
+        with daemon.stop_requested._cond:  # type: ignore[attr-defined]  # where Event.wait() holds it
+            handler(signal.SIGTERM, None)
+        returned.set()
+
+    threading.Thread(target=interrupted_inside_the_wait, daemon=True).start()
+    assert returned.wait(5), "the handler blocked on the lock its interrupted thread holds"
+    assert daemon.run() == 0  # the signal it took ends the run before anything starts
+    assert daemon.stop_requested.is_set()

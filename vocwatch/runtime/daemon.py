@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
@@ -233,6 +234,10 @@ class Daemon:
         self.parts = build(settings, clock)
         self.notifier = notifier or NullNotifier()
         self.stop_requested = threading.Event()
+        # What wakes the main loop: a signal, or request_stop(). A SimpleQueue's put() is reentrant (C), so a
+        # signal handler may call it whatever the main thread was doing when the signal came.
+        self._wake: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._waiting_for_lease = False
         self.log = structlog.get_logger("vocwatch.runtime.daemon")
         p = self.parts
         self.window = UploadWindow(settings.upload.upload_window, p.clock)
@@ -351,12 +356,31 @@ class Daemon:
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
+        self._wake.put(None)
         if self.parts.lease is not None and not self.parts.lease.alive:
             self.parts.lease.cancel()  # still waiting for its first lease: stop waiting
 
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT. A handler runs between two bytecodes of the main thread, which may hold the very lock
+        Event.set() takes (inside stop_requested.wait()): setting it here could hang the stop for good, so the
+        handler only puts on the reentrant queue, and the main loop stops in its own time."""
+        self._wake.put(signum)
+        if self._waiting_for_lease:
+            # The main thread waits in the lease, not on the queue; it starts no thread meanwhile, so
+            # Thread.start() here takes no lock it holds.
+            threading.Thread(target=self.request_stop, name="vocwatch-signal").start()
+
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+
+    def _asked_to_stop(self, tick: float) -> bool:
+        """Wait up to ``tick`` seconds for a signal or request_stop(); whether one came."""
+        try:
+            self._wake.get(timeout=tick)
+        except queue.Empty:
+            return self.stop_requested.is_set()
+        return True
 
     def run(self) -> int:
         """Recover, start every service, send heartbeats until asked to stop, then shut down (exit status)."""
@@ -371,8 +395,14 @@ class Daemon:
             )
             p.close()
             return EX_TEMPFAIL
-        if p.lease is not None and not p.lease.acquire():
-            p.close()  # asked to stop while waiting for a lease: nothing was claimed
+        self._waiting_for_lease = True
+        try:
+            leased = p.lease is None or p.lease.acquire()
+        finally:
+            self._waiting_for_lease = False
+        if not leased or not self._wake.empty():
+            self.request_stop()
+            p.close()  # asked to stop before the start (or while waiting for a lease): nothing was claimed
             return 0
         self.recover_ledger()
         self.supervisor.start()
@@ -386,8 +416,9 @@ class Daemon:
             version=_version(),
         )
         tick = min(1.0, watchdog_interval() or 1.0)
-        while not self.stop_requested.wait(tick):
+        while not self._asked_to_stop(tick):
             self.notifier.notify(self.heartbeat())
+        self.request_stop()
         return self.shutdown()
 
     def health(self) -> str | None:
