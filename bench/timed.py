@@ -82,7 +82,7 @@ def latency(sink: Sink, work: Path, items: list[Item], *, interval_s: float = 0.
         child.finish(terminate=True)
     firsts: dict[str, float] = {}
     for arrival in sink.arrivals(offset):
-        rid = arrival.key[:-65]  # the Idempotency-Key is "<recording id>-<sha256>"
+        rid = arrival.key.rpartition("-")[0]  # the Idempotency-Key is "<recording id>-<digest>" (no "-" in it)
         firsts.setdefault(rid, arrival.start)
     lat = [(firsts[rid] - t) * 1000 for rid, t in dropped.items() if rid in firsts]
     ok = len(lat) == len(items)
