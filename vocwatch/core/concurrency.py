@@ -94,21 +94,6 @@ def band(limit: int, rules: Rules) -> float:
     return max(float(rules.queue), rules.queue_share * limit)
 
 
-def observe(
-    state: Limit,
-    rules: Rules,
-    wait_s: float,
-    *,
-    now: float,
-    saturated: bool,
-    overloaded: bool = False,
-    held_s: float | None = None,
-) -> Limit:
-    """One reply (``wait_s``: seconds from the end of the body to the reply, at monotonic ``now``;
-    ``held_s``: since its slot was taken, when known)."""
-    return observe_round(state, rules, wait_s, now=now, saturated=saturated, overloaded=overloaded, held_s=held_s)[0]
-
-
 def observe_round(
     state: Limit,
     rules: Rules,
@@ -119,7 +104,9 @@ def observe_round(
     overloaded: bool = False,
     held_s: float | None = None,
 ) -> tuple[Limit, Round | None]:
-    """:func:`observe`, with what the round measured when this reply ended one."""
+    """One reply (``wait_s``: seconds from the end of the body to the reply, at monotonic ``now``;
+    ``held_s``: since its slot was taken, when known): the new state, and what the round measured when this
+    reply ended one."""
     base = state.base_s
     gap = None if base is None else rules.idle_gap * max(base, rules.min_round_s)
     if state.last_reply is not None and gap is not None and now - state.last_reply > gap:

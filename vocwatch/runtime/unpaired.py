@@ -12,7 +12,7 @@ from vocwatch.core.model import Clock, Problem
 from vocwatch.core.pairing import Expired, classify, printable
 from vocwatch.core.states import State
 from vocwatch.edges.folders import Folders
-from vocwatch.edges.ledgers import LedgerStore, LedgerUnavailableError
+from vocwatch.edges.ledgers import LedgerStore
 from vocwatch.runtime.errors import error_document, name_too_long
 
 
@@ -56,11 +56,10 @@ def fail_unpaired(
             last_error=f"{problem.code}: {problem.message}",
             destination=printable(str(moved[0])),
         )
-    except LedgerUnavailableError as exc:  # a fleet ledger out of reach at shutdown: the reason file says it
-        log.error("ledger.unrecorded", file=printable(str(first)), reason=problem.code, error=str(exc))
     except Exception as exc:
-        # A ledger that cannot write (a full disk, a refused login): the files are in failed/ with their reason
-        # all the same. Raising would end the planner's pass and leave the rest of it unplanned, for good.
+        # A ledger that cannot write (a full disk, a refused login, a fleet ledger out of reach at shutdown): the
+        # files are in failed/ with their reason all the same. Raising would end the planner's pass and leave
+        # the rest of it unplanned, for good.
         log.error(
             "ledger.unrecorded", file=printable(str(first)), reason=problem.code, error=f"{type(exc).__name__}: {exc}"
         )
